@@ -1,0 +1,220 @@
+"""2-D point-robot navigation to a hidden goal (Finn, Abbeel & Levine 2017, section 5.3)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from numpy.typing import NDArray
+
+MAX_SPEED = 0.1
+GOAL_TOLERANCE = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class GoalTask:
+    """A goal position; the agent never observes it and must infer it from rewards."""
+
+    goal: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        goal = tuple(float(g) for g in self.goal)
+        if len(goal) != 2 or not all(np.isfinite(goal)):
+            raise ValueError(f"GoalTask.goal must be two finite numbers, got {self.goal!r}")
+        object.__setattr__(self, "goal", goal)
+
+
+def as_goal_task(task: GoalTask | Mapping[str, Any]) -> GoalTask:
+    """Accept a `GoalTask` or its JSON form ``{"goal": [x, y]}``."""
+    if isinstance(task, GoalTask):
+        return task
+    if isinstance(task, Mapping):
+        return GoalTask(**task)
+    raise TypeError(f"expected a GoalTask or a mapping like {{'goal': [x, y]}}, got {type(task).__name__}")
+
+
+def sample_goal_tasks(n: int, rng: np.random.Generator, low: float, high: float) -> list[GoalTask]:
+    """Goals drawn uniformly from the square [low, high]^2."""
+    return [GoalTask(tuple(goal)) for goal in rng.uniform(low, high, size=(n, 2))]
+
+
+def move(position: NDArray[np.float64], action: NDArray[Any], goal: NDArray[np.float64]):
+    """One step of the point robot; works on single states and on batches alike.
+
+    Returns the new position, the reward -||p' - g|| and whether the goal box was reached.
+    """
+    position = position + np.clip(action, -MAX_SPEED, MAX_SPEED)
+    offset = position - goal
+    reward = -np.linalg.norm(offset, axis=-1)
+    reached = np.all(np.abs(offset) < GOAL_TOLERANCE, axis=-1)
+    return position, reward, reached
+
+
+class Navigation2DEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
+    """Move a point robot from the origin to a goal it cannot see.
+
+    ## Observation
+    The robot's position ``(x, y)``, float32. Every episode starts at exactly ``(0, 0)``.
+
+    ## Action
+    A velocity ``(dx, dy)``, clipped to ``[-0.1, 0.1]`` per axis before it is applied.
+
+    ## Reward
+    ``reward_distance = -||p - g||_2`` after the move (the plain Euclidean distance, as in the
+    original code; the paper's text says "squared"). ``info["reward_distance"]`` equals the reward.
+
+    ## Episode end
+    Terminated when ``|x - g_x| < 0.01`` and ``|y - g_y| < 0.01`` (a box, as in the original code).
+    Truncated by Gymnasium's ``TimeLimit`` after 100 steps (``max_episode_steps`` of the registered id).
+
+    ## Task distribution
+    ``GoalTask(goal=(g_x, g_y))`` with the goal uniform in ``[goal_low, goal_high]^2`` (default
+    ``[-0.5, 0.5]^2``). Set with ``reset(options={"task": task})``, ``env.set_task(task)`` or
+    ``env.task = task``; a plain ``reset()`` keeps the current task. ``info["task"]`` echoes it.
+
+    ## Arguments
+    - ``goal_low``, ``goal_high``: bounds of the goal square used by ``sample_tasks``.
+    - ``task``: the initial task (default goal ``(0.5, 0.5)``).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        goal_low: float = -0.5,
+        goal_high: float = 0.5,
+        task: GoalTask | Mapping[str, Any] | None = None,
+    ) -> None:
+        if not goal_low < goal_high:
+            raise ValueError(f"goal_low ({goal_low}) must be below goal_high ({goal_high})")
+        self.goal_low, self.goal_high = float(goal_low), float(goal_high)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+        self.action_space = spaces.Box(-MAX_SPEED, MAX_SPEED, shape=(2,), dtype=np.float32)
+        self.task = task if task is not None else GoalTask((0.5, 0.5))
+        self._position = np.zeros(2)
+
+    @property
+    def task(self) -> GoalTask:
+        """The current task; assigning a `GoalTask` or ``{"goal": [x, y]}`` switches it."""
+        return self._task
+
+    @task.setter
+    def task(self, task: GoalTask | Mapping[str, Any]) -> None:
+        self._task = as_goal_task(task)
+        self._goal = np.array(self._task.goal)
+
+    def set_task(self, task: GoalTask | Mapping[str, Any]) -> None:
+        """Switch to `task` (the learn2learn / Meta-World spelling of ``env.task = task``)."""
+        self.task = task
+
+    def get_task(self) -> GoalTask:
+        """The current task."""
+        return self.task
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[GoalTask]:
+        """Draw `n` goals uniformly from ``[goal_low, goal_high]^2`` with the caller's generator."""
+        return sample_goal_tasks(n, rng, self.goal_low, self.goal_high)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[NDArray[np.float32], dict[str, Any]]:
+        super().reset(seed=seed)
+        if options and "task" in options:
+            self.task = options["task"]
+        self._position = np.zeros(2)
+        return self._position.astype(np.float32), {"task": self.task}
+
+    def step(self, action: NDArray[np.float32]) -> tuple[NDArray[np.float32], float, bool, bool, dict[str, Any]]:
+        self._position, reward, reached = move(self._position, np.asarray(action), self._goal)
+        info = {"task": self.task, "reward_distance": float(reward)}
+        return self._position.astype(np.float32), float(reward), bool(reached), False, info
+
+
+class Navigation2DVectorEnv(VectorEnv):
+    """`num_envs` copies of `Navigation2DEnv` stepped together with numpy, each with its own task.
+
+    Per-copy tasks are set with ``envs.set_attr("task", [task_0, task_1, ...])`` (one value sets
+    all copies), or ``reset(options={"task": task})`` for all copies. Autoreset is Gymnasium's
+    next-step mode: the step after an episode ends resets that copy and returns reward 0.
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        max_episode_steps: int = 100,
+        goal_low: float = -0.5,
+        goal_high: float = 0.5,
+        task: GoalTask | Mapping[str, Any] | None = None,
+    ) -> None:
+        self._single = Navigation2DEnv(goal_low, goal_high, task)
+        self.num_envs = num_envs
+        self.max_episode_steps = max_episode_steps
+        self.single_observation_space = self._single.observation_space
+        self.single_action_space = self._single.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.task = [self._single.task] * num_envs
+        self._position = np.zeros((num_envs, 2))
+        self._steps = np.zeros(num_envs, dtype=np.int64)
+        self._needs_reset = np.zeros(num_envs, dtype=bool)
+
+    @property
+    def task(self) -> tuple[GoalTask, ...]:
+        """The task of every copy."""
+        return self._tasks
+
+    @task.setter
+    def task(self, tasks: Sequence[GoalTask | Mapping[str, Any]]) -> None:
+        if len(tasks) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} tasks (one per copy), got {len(tasks)}")
+        self._tasks = tuple(as_goal_task(t) for t in tasks)
+        self._goals = np.array([t.goal for t in self._tasks])
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[GoalTask]:
+        """Same distribution as `Navigation2DEnv.sample_tasks`."""
+        return self._single.sample_tasks(n, rng)
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        if name == "task":
+            return self.task
+        return (getattr(self._single, name),) * self.num_envs
+
+    def set_attr(self, name: str, values: Any) -> None:
+        if name != "task":
+            raise AttributeError(f"{type(self).__name__} only supports set_attr('task', ...), not {name!r}")
+        self.task = list(values) if isinstance(values, (list, tuple)) else [values] * self.num_envs
+
+    def reset(
+        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[NDArray[np.float32], dict[str, Any]]:
+        super().reset(seed=seed if not isinstance(seed, list) else seed[0])
+        if options and "task" in options:
+            self.set_attr("task", options["task"])
+        self._position[:] = 0.0
+        self._steps[:] = 0
+        self._needs_reset[:] = False
+        return self._position.astype(np.float32), {"task": np.array(self.task, dtype=object)}
+
+    def step(self, actions: NDArray[np.float32]):
+        position, reward, terminated = move(self._position, np.asarray(actions), self._goals)
+        self._steps += 1
+        truncated = self._steps >= self.max_episode_steps
+        # Next-step autoreset: copies whose episode ended on the previous call restart now.
+        restart = self._needs_reset
+        position[restart] = 0.0
+        reward[restart] = 0.0
+        terminated[restart] = False
+        truncated[restart] = False
+        self._steps[restart] = 0
+        self._position = position
+        self._needs_reset = terminated | truncated
+        info = {"task": np.array(self.task, dtype=object), "reward_distance": reward.copy()}
+        return position.astype(np.float32), reward, terminated, truncated, info

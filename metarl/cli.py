@@ -1,0 +1,160 @@
+"""The ``metarl`` command: ``train``, ``evaluate`` and ``envs``."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from metarl.checkpoint import CheckpointError
+from metarl.config import ConfigError, load_config
+from metarl.sampler import NonFiniteError
+from metarl.tasks import EnvError, ensure_registered, horizon_of, make_env
+
+EXPECTED_ERRORS = (ConfigError, EnvError, CheckpointError, NonFiniteError)
+
+DESCRIPTION = """\
+Meta-reinforcement learning with MAML for robots: meta-train a policy on a task family, then
+measure how fast it adapts to tasks it never saw.
+
+  metarl train experiments/navigation_2d.yaml --evaluate   # meta-train, then evaluate
+  metarl evaluate runs/<run>                                # adaptation table on held-out tasks
+  metarl envs                                               # the task families and their tasks
+"""
+
+
+def _train(args: argparse.Namespace) -> int:
+    from metarl.evaluation import evaluate
+    from metarl.train import train
+
+    overrides = list(args.set or [])
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    if args.iterations is not None:
+        overrides.append(f"train.iterations={args.iterations}")
+    if args.logdir is not None:
+        overrides.append(f"train.logdir={args.logdir}")
+    if args.run_name is not None:
+        overrides.append(f"train.run_name={args.run_name}")
+    config = load_config(args.config, overrides)
+    ensure_registered(config.env.id)
+    run_dir = train(config, progress=not args.no_progress)
+    print(f"\nrun directory: {run_dir}")
+    print(f"TensorBoard:   tensorboard --logdir {run_dir.parent}")
+    if args.evaluate:
+        print(f"\nevaluating on {config.evaluation.num_tasks} held-out tasks ...")
+        _print_result(evaluate(run_dir))
+    else:
+        print(f"evaluate with: metarl evaluate {run_dir}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from metarl.evaluation import evaluate
+
+    result = evaluate(args.run, args.tasks, args.adapt_steps, args.episodes, args.seed, args.out)
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:
+    p = result.protocol
+    print(
+        f"\n{result.env_id}: mean return over {len(result.tasks)} held-out tasks (± 95% CI), "
+        f"{p['episodes_per_task']} episodes per step, step size {p['lr']} then {p['lr'] * p['later_lr_scale']:g}\n"
+    )
+    print(result.table())
+    print(
+        f"\nresults: {p['out_dir']} (eval.json, eval.csv"
+        + (", eval.png)" if (Path(p["out_dir"]) / "eval.png").exists() else "; pip install matplotlib for eval.png)")
+    )
+
+
+def _task_distribution_doc(cls: type) -> str:
+    doc = inspect.getdoc(cls) or ""
+    match = re.search(r"## Task distribution\n(.*?)(\n## |\Z)", doc, re.S)
+    return " ".join(match.group(1).split()) if match else "(no task distribution documented)"
+
+
+def _envs(args: argparse.Namespace) -> int:
+    from gymnasium.envs.registration import registry
+
+    ensure_registered("MetaRL/Navigation2D-v0")
+    for env_id in sorted(i for i in registry if i.startswith("MetaRL/")):
+        env = make_env(env_id)
+        print(f"{env_id}")
+        print(f"  horizon       {horizon_of(env)}")
+        print(f"  observation   {env.observation_space}")
+        print(f"  action        {env.action_space}")
+        print(f"  tasks         {_task_distribution_doc(type(env.unwrapped))}")
+        env.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metarl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="meta-train a policy from a YAML config",
+        description="Meta-train a policy with MAML. Writes a run directory with "
+        "config.yaml, TensorBoard events, metrics.jsonl and checkpoints/.",
+    )
+    train.add_argument("config", help="YAML config, e.g. experiments/navigation_2d.yaml")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set inner.lr=0.05 (repeatable)",
+    )
+    train.add_argument("--seed", type=int, help="shorthand for --set train.seed=N")
+    train.add_argument("--iterations", type=int, help="shorthand for --set train.iterations=N")
+    train.add_argument("--logdir", help="parent directory of runs (default: runs)")
+    train.add_argument("--run-name", help="name of the run directory (default: <env>__seed<N>__<time>)")
+    train.add_argument("--evaluate", action="store_true", help="evaluate on the held-out tasks after training")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="adaptation curve of a trained policy on held-out tasks",
+        description="Adapt a trained policy on held-out tasks for K steps and "
+        "report the mean return after 0..K steps with 95%% confidence intervals.",
+    )
+    evaluate.add_argument("run", help="run directory or checkpoint file")
+    evaluate.add_argument("--tasks", type=int, help="number of held-out tasks (default: config, 40)")
+    evaluate.add_argument("--adapt-steps", type=int, help="adaptation steps K (default: config, 3)")
+    evaluate.add_argument("--episodes", type=int, help="episodes per task per step (default: config)")
+    evaluate.add_argument("--seed", type=int, help="seed of the sampling noise (default: config)")
+    evaluate.add_argument("--out", help="output directory (default: <run>/eval)")
+    evaluate.set_defaults(func=_evaluate)
+
+    envs = commands.add_parser("envs", help="list the task families and their task distributions")
+    envs.set_defaults(func=_envs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except EXPECTED_ERRORS as error:
+        if args.debug:
+            raise
+        print(f"metarl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Typed experiment configuration: dataclasses loaded from YAML, validated, overridable from the CLI.
+
+Every field below is a YAML key (``section.field``) and can be overridden with
+``--set section.field=value`` (the value is parsed as YAML: ``--set policy.hidden_sizes=[32,32]``).
+Unknown keys, wrong types and out-of-range values are all reported together, naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """One or more problems in a configuration; the message lists every one of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    id: str = "MetaRL/Navigation2D-v0"
+    """Gymnasium id of the task family (``MetaRL/...``, any registered id, or ``module:Id``)."""
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Keyword arguments for the environment constructor."""
+    horizon: int | None = None
+    """Episode length; defaults to the id's ``max_episode_steps``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    hidden_sizes: list[int] = dataclasses.field(default_factory=lambda: [64, 64])
+    """Widths of the hidden layers."""
+    activation: Literal["tanh", "relu"] = "tanh"
+    init_std: float = 1.0
+    """Initial standard deviation of the Gaussian policy (in the policy's action units)."""
+    action_scaling: Literal["normalize", "clip"] = "normalize"
+    """``normalize``: the policy acts in [-1, 1], clipped and mapped linearly onto the env's action
+    bounds (as the MAML paper's rllab ``normalize`` wrapper). ``clip``: raw actions clipped to the bounds."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerConfig:
+    lr: float = 0.1
+    """Step size α of the inner policy-gradient update."""
+    steps: int = 1
+    """Inner gradient steps; fresh episodes are sampled after each step."""
+    episodes_per_task: int = 20
+    """Episodes per task per inner step (and for the post-adaptation sample)."""
+    first_order: bool = False
+    """Drop second derivatives through the inner update (first-order MAML)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterConfig:
+    algo: Literal["trpo", "adam", "sgd"] = "trpo"
+    """Outer optimiser: MAML-TRPO as in the paper, or a plain gradient step on the post-adaptation loss."""
+    tasks_per_batch: int = 20
+    """Tasks per meta-batch."""
+    max_kl: float = 0.01
+    """TRPO: bound on the mean KL between old and new adapted policies."""
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    ls_max_steps: int = 15
+    ls_backtrack_ratio: float = 0.8
+    lr: float = 1e-3
+    """Adam/SGD: outer learning rate β."""
+    max_grad_norm: float | None = None
+    """Adam/SGD: clip the meta-gradient to this norm (null: no clipping)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageConfig:
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    normalize: bool = True
+    """Normalise advantages per task to zero mean and unit variance."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    iterations: int = 500
+    """Meta-iterations (outer steps)."""
+    seed: int = 0
+    device: str = "cpu"
+    num_threads: int | None = None
+    """torch intra-op threads (null: torch's default, all cores)."""
+    checkpoint_every: int = 50
+    logdir: str = "runs"
+    """Parent directory of run directories."""
+    run_name: str | None = None
+    """Name of the run directory (default: ``<env>__seed<seed>__<timestamp>``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    num_tasks: int = 40
+    """Held-out tasks to evaluate on."""
+    adapt_steps: int = 3
+    """Adaptation steps K; returns are reported after 0..K steps."""
+    episodes_per_task: int = 40
+    """Episodes per task per adaptation step (the paper: 40 × 100 steps = 4,000 for 2D navigation)."""
+    lr: float | None = None
+    """First-step size (default: ``inner.lr``)."""
+    later_lr_scale: float = 0.5
+    """Later steps use ``lr * later_lr_scale`` (the paper: 0.1, then 0.05)."""
+    seed: int = 1
+    """Seed of the held-out test tasks; training never samples these tasks."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+    policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
+    inner: InnerConfig = dataclasses.field(default_factory=InnerConfig)
+    outer: OuterConfig = dataclasses.field(default_factory=OuterConfig)
+    advantages: AdvantageConfig = dataclasses.field(default_factory=AdvantageConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = dataclasses.field(default_factory=EvaluationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Range checks: key -> (predicate, what the value must be).
+_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "env.horizon": (lambda v: v is None or v > 0, "a positive integer or null"),
+    "policy.hidden_sizes": (lambda v: all(h > 0 for h in v), "a list of positive integers"),
+    "policy.init_std": (lambda v: v > 0, "positive"),
+    "inner.lr": (lambda v: v >= 0, "non-negative"),
+    "inner.steps": (lambda v: v >= 1, "at least 1"),
+    "inner.episodes_per_task": (lambda v: v >= 1, "at least 1"),
+    "outer.tasks_per_batch": (lambda v: v >= 1, "at least 1"),
+    "outer.max_kl": (lambda v: v > 0, "positive"),
+    "outer.cg_iters": (lambda v: v >= 1, "at least 1"),
+    "outer.cg_damping": (lambda v: v >= 0, "non-negative"),
+    "outer.ls_max_steps": (lambda v: v >= 1, "at least 1"),
+    "outer.ls_backtrack_ratio": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "outer.lr": (lambda v: v > 0, "positive"),
+    "outer.max_grad_norm": (lambda v: v is None or v > 0, "positive or null"),
+    "advantages.gamma": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "advantages.gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "train.iterations": (lambda v: v >= 0, "non-negative"),
+    "train.num_threads": (lambda v: v is None or v >= 1, "at least 1 or null"),
+    "train.checkpoint_every": (lambda v: v >= 1, "at least 1"),
+    "evaluation.num_tasks": (lambda v: v >= 1, "at least 1"),
+    "evaluation.adapt_steps": (lambda v: v >= 0, "non-negative"),
+    "evaluation.episodes_per_task": (lambda v: v >= 1, "at least 1"),
+    "evaluation.lr": (lambda v: v is None or v >= 0, "non-negative or null"),
+    "evaluation.later_lr_scale": (lambda v: v >= 0, "non-negative"),
+}
+
+
+def _check_type(value: Any, hint: Any) -> tuple[bool, Any]:
+    """Whether `value` fits the type `hint` (ints are accepted for floats and converted)."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            ok, converted = _check_type(value, option)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is Literal:
+        return value in typing.get_args(hint), value
+    if hint is type(None):
+        return value is None, value
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        (item_hint,) = typing.get_args(hint)
+        checked = [_check_type(v, item_hint) for v in value]
+        return all(ok for ok, _ in checked), [v for _, v in checked]
+    if origin is dict:
+        return isinstance(value, dict), value
+    return isinstance(value, hint), value
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(hint))
+    return str(hint).replace("typing.", "") if not isinstance(hint, type) else hint.__name__
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (valid keys: {', '.join(names)})"
+            problems.append(f"unknown key '{path}'{hint}")
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                problems.append(f"'{path}' must be a mapping of {hint.__name__} fields, got {value!r}")
+                continue
+            values[key] = _build(hint, value, f"{path}.", problems)
+            continue
+        ok, converted = _check_type(value, hint)
+        if not ok:
+            problems.append(f"'{path}' must be {_type_name(hint)}, got {value!r}")
+            continue
+        check = _CHECKS.get(path)
+        if check is not None and not check[0](converted):
+            problems.append(f"'{path}' must be {check[1]}, got {value!r}")
+            continue
+        values[key] = converted
+    return cls(**values)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], list[str]]:
+    """Turn ``["inner.lr=0.05", ...]`` into a nested dict; values are parsed as YAML."""
+    nested: dict[str, Any] = {}
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override {item!r} must look like section.field=value (e.g. inner.lr=0.05)")
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested, problems
+
+
+def config_from_dict(data: Mapping[str, Any], overrides: Iterable[str] = ()) -> Config:
+    """Build and validate a `Config`; raises `ConfigError` listing every problem."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"the configuration must be a mapping of sections, got {type(data).__name__}"])
+    extra, problems = parse_overrides(overrides)
+    config = _build(Config, _merge(dict(data), extra), "", problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when `path` is None) and apply ``key=value`` overrides."""
+    data: Any = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError([f"config file '{path}' does not exist"])
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError([f"'{path}' is not valid YAML: {error}"]) from None
+    return config_from_dict(data, overrides)

@@ -1,0 +1,44 @@
+"""Parameters as plain dicts of tensors: the substrate of the differentiable inner loop.
+
+A policy is an ordinary ``nn.Module``; it is evaluated with explicit parameters through
+``torch.func.functional_call``, so adaptation never mutates the module. Parameters may carry a
+leading task dimension (one parameter set per task); the policies broadcast over it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+Params = dict[str, Tensor]
+
+
+def parameters_of(module: nn.Module) -> Params:
+    """The module's own parameters (θ), as a dict that shares storage with the module."""
+    return dict(module.named_parameters())
+
+
+def distribution(policy: nn.Module, params: Params, observations: Tensor) -> Distribution:
+    """Evaluate `policy` with `params` instead of its own parameters; the module is unchanged."""
+    return torch.func.functional_call(policy, params, (observations,))
+
+
+def per_task(params: Params, num_tasks: int) -> Params:
+    """Repeat θ along a new leading task dimension (a differentiable view, no copy)."""
+    return {name: p.expand(num_tasks, *p.shape) for name, p in params.items()}
+
+
+def detach(params: Params) -> Params:
+    """Cut `params` from the autograd graph."""
+    return {name: p.detach() for name, p in params.items()}
+
+
+def sgd_step(loss: Tensor, params: Params, lr: float, *, create_graph: bool) -> Params:
+    """θ' = θ - lr ∇θ loss, as new tensors.
+
+    With ``create_graph=True`` θ' stays a differentiable function of θ (second-order MAML);
+    otherwise the gradient is a constant and ∂θ'/∂θ = I (first-order MAML).
+    """
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+    return {name: p - lr * g for (name, p), g in zip(params.items(), grads, strict=True)}

@@ -1,0 +1,69 @@
+"""Run logging: TensorBoard scalars, one JSON line per iteration, and a progress bar.
+
+The only module that writes logs. Scalar tags (also the keys of ``metrics.jsonl``):
+``returns/pre_adaptation``, ``returns/post_adaptation``, ``returns/adaptation_gain``,
+``returns/after_step_<k>`` (multi-step), ``loss/inner``, ``loss/outer``, ``loss/outer_after``,
+``policy/kl``, ``policy/std``, ``policy/entropy``, ``optim/grad_norm``, ``optim/step_norm``,
+``optim/line_search_steps``, ``optim/step_accepted``, ``time/env_steps``, ``time/env_steps_per_s``,
+``time/sample_s``, ``time/adapt_s``, ``time/outer_s``, ``time/iteration_s``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+class RunLogger:
+    """Writes the metrics of every meta-iteration to TensorBoard, ``metrics.jsonl`` and a progress bar."""
+
+    def __init__(
+        self, run_dir: Path, config: dict[str, Any], total: int, start: int = 0, progress: bool = True
+    ) -> None:
+        self.run_dir = run_dir
+        self.config = _flatten(config)
+        self.writer = SummaryWriter(str(run_dir))
+        self.jsonl = (run_dir / "metrics.jsonl").open("a")
+        if start == 0:
+            table = "\n".join(f"|{k}|{v}|" for k, v in self.config.items())
+            self.writer.add_text("config", f"|parameter|value|\n|-|-|\n{table}")
+        self.bar = tqdm(total=total, initial=start, desc="meta-training", unit="it", disable=not progress)
+        self.last: dict[str, float] = {}
+
+    def log(self, iteration: int, metrics: dict[str, float]) -> None:
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, iteration)
+        self.jsonl.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
+        self.jsonl.flush()
+        self.last = metrics
+        self.bar.set_postfix(
+            pre=f"{metrics['returns/pre_adaptation']:.1f}",
+            post=f"{metrics['returns/post_adaptation']:.1f}",
+            s_per_it=f"{metrics['time/iteration_s']:.2f}",
+        )
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.last:
+            hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in self.config.items()}
+            finals = {f"final/{k.split('/')[-1]}": v for k, v in self.last.items() if k.startswith("returns/")}
+            finals = {k: v for k, v in finals.items() if math.isfinite(v)}
+            self.writer.add_hparams(hparams, finals, run_name="hparams")
+        self.bar.close()
+        self.writer.close()
+        self.jsonl.close()

@@ -1,0 +1,284 @@
+"""Model-Agnostic Meta-Learning for reinforcement learning (Finn, Abbeel & Levine 2017, Algorithm 3).
+
+    for each task T_i in the meta-batch:
+        D_i  ← episodes of f_θ on T_i                         (line 5)
+        θ'_i = θ − α ∇θ L_Ti(f_θ; D_i)                        (lines 6–7, REINFORCE with baseline)
+        D'_i ← episodes of f_θ'_i on T_i                      (line 8)
+    θ ← outer step on Σ_i L_Ti(f_θ'_i(θ); D'_i)               (line 10: TRPO, or Adam/SGD)
+
+Everything is batched over tasks: parameters carry a leading task dimension, so the inner
+gradients of all tasks come from one backward pass (each task's loss depends on its own slice).
+The gradient estimator is the standard MAML-RL one (as in the paper and pytorch-maml-rl): it
+differentiates through the inner update but not through the sampling distribution of D_i.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, kl_divergence
+
+from metarl.baselines import fit_linear_baseline
+from metarl.config import AdvantageConfig, InnerConfig, OuterConfig
+from metarl.functional import Params, detach, distribution, parameters_of, per_task, sgd_step
+from metarl.returns import discounted_returns, generalized_advantages, masked_mean, normalize
+from metarl.sampler import Episodes, Sampler
+from metarl.trpo import conjugate_gradient, flat, hessian_vector_product, line_search
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaBatch:
+    """Episodes of a meta-batch: ``inner[k]`` was sampled with the policy adapted k times, `outer`
+    with the fully adapted policy (``len(inner)`` steps)."""
+
+    tasks: list[Any]
+    inner: tuple[Episodes, ...]
+    outer: Episodes
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def estimate_advantages(episodes: Episodes, config: AdvantageConfig) -> Episodes:
+    """GAE(γ, λ) against a linear feature baseline fitted per task on these same episodes."""
+    returns = discounted_returns(episodes.rewards, episodes.mask, config.gamma)
+    values = fit_linear_baseline(episodes.observations, returns, episodes.mask)
+    advantages = generalized_advantages(episodes.rewards, values, episodes.mask, config.gamma, config.gae_lambda)
+    if config.normalize:
+        advantages = normalize(advantages, episodes.mask, dim=(-2, -1))
+    return dataclasses.replace(episodes, advantages=advantages)
+
+
+def inner_loss(policy: nn.Module, params: Params, episodes: Episodes) -> Tensor:
+    """REINFORCE with baseline, ``-mean_t log π(a_t|s_t) Â_t`` per task: shape ``[B]``."""
+    log_probs = distribution(policy, params, episodes.observations).log_prob(episodes.actions)
+    return -masked_mean(log_probs * episodes.advantages, episodes.mask, dim=(-2, -1))
+
+
+def adapt(
+    policy: nn.Module, params: Params, inner_episodes: Sequence[Episodes], lr: float, *, create_graph: bool
+) -> Params:
+    """Fast adaptation (Alg. 3, lines 6–7): one SGD step on the inner loss per batch of episodes.
+
+    `params` has a leading task dimension; task ``b`` is adapted on slice ``b`` of each batch. With
+    ``create_graph=True`` the result is differentiable in `params` (second-order MAML). The sampler
+    (no graph) and the meta-loss (with graph) both call this function.
+    """
+    # Called under no_grad, or with parameters that do not require grad: θ is a constant here.
+    constant = not torch.is_grad_enabled()
+    with torch.enable_grad():
+        for episodes in inner_episodes:
+            params = {
+                n: p.detach().requires_grad_() if constant or not p.requires_grad else p for n, p in params.items()
+            }
+            # Summing over tasks gives every task's slice of `params` the gradient of its own loss.
+            loss = inner_loss(policy, params, episodes).sum()
+            params = sgd_step(loss, params, lr, create_graph=create_graph)
+    return params
+
+
+def sample_meta_batch(
+    sampler: Sampler, policy: nn.Module, tasks: Sequence[Any], inner: InnerConfig, advantages: AdvantageConfig
+) -> MetaBatch:
+    """Alg. 3, lines 5–8 for every task at once: sample, adapt, sample again with θ'."""
+    timings = {"sample_s": 0.0, "adapt_s": 0.0}
+    params = per_task(detach(parameters_of(policy)), len(tasks))
+    inner_episodes = []
+    for _ in range(inner.steps):
+        start = time.perf_counter()
+        episodes = estimate_advantages(sampler.sample(policy, params, tasks), advantages)
+        middle = time.perf_counter()
+        params = detach(adapt(policy, params, [episodes], inner.lr, create_graph=False))
+        inner_episodes.append(episodes)
+        timings["sample_s"] += middle - start
+        timings["adapt_s"] += time.perf_counter() - middle
+    start = time.perf_counter()
+    outer_episodes = estimate_advantages(sampler.sample(policy, params, tasks), advantages)
+    timings["sample_s"] += time.perf_counter() - start
+    return MetaBatch(list(tasks), tuple(inner_episodes), outer_episodes, timings)
+
+
+def adapted_parameters(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, *, create_graph: bool) -> Params:
+    """θ'_i(θ) for every task of the batch, recomputed from the policy's current θ."""
+    params = per_task(parameters_of(policy), len(batch.tasks))
+    return adapt(policy, params, batch.inner, inner.lr, create_graph=create_graph)
+
+
+def surrogate_loss(policy: nn.Module, adapted: Params, episodes: Episodes) -> Tensor:
+    """Post-adaptation loss ``-E[π_θ'(a|s) / π_old(a|s) · Â]``, averaged over tasks.
+
+    At the sampling parameters the ratio is 1 and its gradient is the policy gradient.
+    """
+    log_probs = distribution(policy, adapted, episodes.observations).log_prob(episodes.actions)
+    ratio = torch.exp(log_probs - episodes.log_probs)
+    return -masked_mean(ratio * episodes.advantages, episodes.mask, dim=(-2, -1)).mean()
+
+
+def mean_kl(old: Distribution, new: Distribution, mask: Tensor) -> Tensor:
+    """KL(old ‖ new) averaged over the valid steps of each task, then over tasks."""
+    return masked_mean(kl_divergence(old, new), mask, dim=(-2, -1)).mean()
+
+
+def meta_step(
+    policy: nn.Module,
+    batch: MetaBatch,
+    inner: InnerConfig,
+    outer: OuterConfig,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> dict[str, float]:
+    """One outer update of θ (Alg. 3, line 10) with the configured optimiser; returns statistics."""
+    if outer.algo == "trpo":
+        return trpo_step(policy, batch, inner, outer)
+    if optimizer is None:
+        raise ValueError(f"outer.algo={outer.algo!r} needs a torch optimiser")
+    return gradient_step(policy, optimizer, batch, inner, outer)
+
+
+def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: OuterConfig) -> dict[str, float]:
+    """MAML-TRPO: a natural-gradient step on the post-adaptation surrogate, within ``max_kl``.
+
+    The KL is between the old and the new *adapted* policies on the post-adaptation episodes; its
+    Hessian (through the inner update unless first-order) defines the trust region.
+    """
+    params = list(policy.parameters())
+    observations, mask = batch.outer.observations, batch.outer.mask
+    inner_loss_before = _inner_loss_value(policy, batch)
+    adapted = adapted_parameters(policy, batch, inner, create_graph=not inner.first_order)
+    with torch.no_grad():
+        old_pi = distribution(policy, detach(adapted), observations)
+    loss = surrogate_loss(policy, adapted, batch.outer)
+    grad = flat(torch.autograd.grad(loss, params, retain_graph=True))
+
+    fvp = adapted_fisher_product(policy, batch, inner, old_pi, outer.cg_damping)
+    direction = conjugate_gradient(fvp, grad, outer.cg_iters)  # ≈ F⁻¹ g
+    curvature = 0.5 * (direction @ fvp(direction))
+    full_step = direction * math.sqrt(outer.max_kl / max(curvature.item(), 1e-12))
+
+    theta = flat(params).detach()
+
+    def evaluate(step: Tensor) -> tuple[float, float]:
+        _assign(params, theta - step)
+        new_adapted = adapted_parameters(policy, batch, inner, create_graph=False)
+        with torch.no_grad():
+            new_loss = surrogate_loss(policy, new_adapted, batch.outer)
+            new_kl = mean_kl(old_pi, distribution(policy, new_adapted, observations), mask)
+        return new_loss.item(), new_kl.item()
+
+    accepted, loss_after, kl_after = line_search(
+        evaluate, full_step, loss.item(), outer.max_kl, outer.ls_max_steps, outer.ls_backtrack_ratio
+    )
+    if accepted is None:
+        _assign(params, theta)
+        loss_after, kl_after = loss.item(), 0.0
+    return {
+        "loss/outer": loss.item(),
+        "loss/outer_after": loss_after,
+        "loss/inner": inner_loss_before,
+        "policy/kl": kl_after,
+        "policy/entropy": masked_mean(old_pi.entropy(), mask).item(),
+        "optim/grad_norm": grad.norm().item(),
+        "optim/step_norm": 0.0 if accepted is None else (outer.ls_backtrack_ratio**accepted * full_step).norm().item(),
+        "optim/line_search_steps": float(accepted + 1 if accepted is not None else outer.ls_max_steps),
+        "optim/step_accepted": float(accepted is not None),
+    }
+
+
+def adapted_fisher_product(
+    policy: nn.Module, batch: MetaBatch, inner: InnerConfig, old_pi: Distribution, damping: float
+) -> Callable[[Tensor], Tensor]:
+    """``v -> (∇²θ KL + damping·I) v`` for the KL between old and new adapted policies.
+
+    At the current θ the KL is minimal in θ', so its Hessian in θ is exactly ``Σ_i J_iᵀ H_i J_i``,
+    with ``H_i`` the Hessian of task i's KL in θ'_i and ``J_i = ∂θ'_i/∂θ``. For one inner step
+    ``J_i = I − α ∇²L_i(θ)`` (symmetric; a product of such factors for several steps, the identity
+    for first-order MAML). Applying the factors as separate Hessian-vector products avoids
+    back-propagating twice through the inner update's own gradient graph (third derivatives).
+    """
+    num_tasks = len(batch.tasks)
+    params = {
+        name: p.detach().clone().requires_grad_() for name, p in per_task(parameters_of(policy), num_tasks).items()
+    }
+    inner_steps = []  # (θ^(j), ∇L_j(θ^(j)) with graph) for every inner step j
+    with torch.enable_grad():
+        for episodes in batch.inner:
+            grads = torch.autograd.grad(
+                inner_loss(policy, params, episodes).sum(), list(params.values()), create_graph=True
+            )
+            inner_steps.append((list(params.values()), grads))
+            params = {
+                n: (p - inner.lr * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grads, strict=True)
+            }
+        adapted = list(params.values())
+        kl = mean_kl(old_pi, distribution(policy, params, batch.outer.observations), batch.outer.mask)
+        kl_grads = torch.autograd.grad(kl, adapted, create_graph=True)
+
+    def jacobian_product(vectors: list[Tensor], transpose: bool) -> list[Tensor]:
+        if inner.first_order:
+            return vectors
+        for step_params, step_grads in reversed(inner_steps) if transpose else inner_steps:
+            hv = hessian_vector_product(step_grads, step_params, vectors)
+            vectors = [v - inner.lr * h for v, h in zip(vectors, hv, strict=True)]
+        return vectors
+
+    shapes = [p.shape for p in policy.parameters()]
+
+    def product(v: Tensor) -> Tensor:
+        pieces = torch.split(v, [math.prod(s) for s in shapes])
+        per_task_v = [piece.view(s).expand(num_tasks, *s).contiguous() for piece, s in zip(pieces, shapes, strict=True)]
+        w = jacobian_product(per_task_v, transpose=False)
+        w = hessian_vector_product(kl_grads, adapted, w)
+        w = jacobian_product(w, transpose=True)
+        return flat([x.sum(0) for x in w]) + damping * v
+
+    return product
+
+
+def gradient_step(
+    policy: nn.Module, optimizer: torch.optim.Optimizer, batch: MetaBatch, inner: InnerConfig, outer: OuterConfig
+) -> dict[str, float]:
+    """θ ← θ − β ∇θ Σ_i L(θ'_i(θ)) with Adam or SGD (the update rule of the MAML paper's Alg. 3)."""
+    observations, mask = batch.outer.observations, batch.outer.mask
+    inner_loss_before = _inner_loss_value(policy, batch)
+    adapted = adapted_parameters(policy, batch, inner, create_graph=not inner.first_order)
+    with torch.no_grad():
+        old_pi = distribution(policy, detach(adapted), observations)
+    loss = surrogate_loss(policy, adapted, batch.outer)
+    optimizer.zero_grad()
+    loss.backward()
+    params = list(policy.parameters())
+    if outer.max_grad_norm is not None:
+        grad_norm = nn.utils.clip_grad_norm_(params, outer.max_grad_norm)
+    else:
+        grad_norm = flat([p.grad for p in params]).norm()
+    optimizer.step()
+    new_adapted = adapted_parameters(policy, batch, inner, create_graph=False)
+    with torch.no_grad():
+        kl = mean_kl(old_pi, distribution(policy, new_adapted, observations), mask)
+        loss_after = surrogate_loss(policy, new_adapted, batch.outer)
+    return {
+        "loss/outer": loss.item(),
+        "loss/outer_after": loss_after.item(),
+        "loss/inner": inner_loss_before,
+        "policy/kl": kl.item(),
+        "policy/entropy": masked_mean(old_pi.entropy(), mask).item(),
+        "optim/grad_norm": grad_norm.item(),
+    }
+
+
+def _inner_loss_value(policy: nn.Module, batch: MetaBatch) -> float:
+    """The first inner-step loss at the current θ, averaged over tasks."""
+    with torch.no_grad():
+        params = per_task(detach(parameters_of(policy)), len(batch.tasks))
+        return inner_loss(policy, params, batch.inner[0]).mean().item()
+
+
+def _assign(params: Sequence[Tensor], vector: Tensor) -> None:
+    with torch.no_grad():
+        offset = 0
+        for p in params:
+            p.copy_(vector[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()

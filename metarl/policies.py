@@ -1,0 +1,113 @@
+"""Gaussian and categorical MLP policies: plain ``nn.Module``s that return distributions.
+
+Both accept parameters with a leading task dimension (``weight: [B, out, in]``, observations
+``[B, ...rows, in]``), in which case every task is evaluated with its own parameters in one
+batched matrix product. That is how the sampler runs all tasks in a single forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+if TYPE_CHECKING:
+    import gymnasium as gym
+
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x W^T + b``; with a batched ``weight [B, out, in]`` each leading slice of `x` uses its own."""
+    if weight.dim() == 2:
+        return F.linear(x, weight, bias)
+    num_tasks = weight.shape[0]
+    rows = x.reshape(num_tasks, -1, x.shape[-1])
+    out = torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2))
+    return out.reshape(*x.shape[:-1], weight.shape[1])
+
+
+class MLP(nn.Module):
+    """Fully connected trunk ``in -> hidden... -> out`` with a chosen activation."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_sizes: Sequence[int], activation: str) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        sizes = [in_dim, *hidden_sizes, out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+        self.activation = activation
+        for layer in self.layers:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        act = ACTIVATIONS[self.activation]
+        for i, layer in enumerate(self.layers):
+            x = linear(x, layer.weight, layer.bias)
+            if i < len(self.layers) - 1:
+                x = act(x)
+        return x
+
+
+class GaussianMLPPolicy(nn.Module):
+    """Diagonal Gaussian with an MLP mean and a learned, state-independent log standard deviation."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        init_std: float = 1.0,
+        min_std: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.mean = MLP(obs_dim, act_dim, hidden_sizes, activation)
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
+        self.min_log_std = math.log(min_std)
+
+    def forward(self, observations: Tensor) -> Distribution:
+        mean = self.mean(observations)
+        log_std = self.log_std.clamp(min=self.min_log_std)
+        if log_std.dim() == 2:  # one log-std per task: broadcast over that task's rows
+            log_std = log_std.reshape(log_std.shape[0], *([1] * (mean.dim() - 2)), log_std.shape[1])
+        return Independent(Normal(mean, log_std.exp()), 1)
+
+
+class CategoricalMLPPolicy(nn.Module):
+    """Categorical distribution over discrete actions with MLP logits."""
+
+    def __init__(
+        self, obs_dim: int, num_actions: int, hidden_sizes: Sequence[int] = (64, 64), activation: str = "tanh"
+    ) -> None:
+        super().__init__()
+        self.logits = MLP(obs_dim, num_actions, hidden_sizes, activation)
+
+    def forward(self, observations: Tensor) -> Distribution:
+        return Categorical(logits=self.logits(observations))
+
+
+def make_policy(
+    observation_space: gym.Space,
+    action_space: gym.Space,
+    hidden_sizes: Sequence[int] = (64, 64),
+    activation: str = "tanh",
+    init_std: float = 1.0,
+) -> nn.Module:
+    """The policy for an environment's spaces: Gaussian for Box actions, categorical for Discrete."""
+    from gymnasium import spaces
+
+    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
+        raise ValueError(f"metarl policies need a flat Box observation space, got {observation_space}")
+    obs_dim = observation_space.shape[0]
+    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+        return GaussianMLPPolicy(obs_dim, action_space.shape[0], hidden_sizes, activation, init_std)
+    if isinstance(action_space, spaces.Discrete):
+        return CategoricalMLPPolicy(obs_dim, int(action_space.n), hidden_sizes, activation)
+    raise ValueError(f"unsupported action space {action_space}: metarl handles flat Box and Discrete actions")

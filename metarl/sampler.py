@@ -1,0 +1,196 @@
+"""Batched rollouts: all (task, episode) environments step together, one policy forward per step.
+
+The vector environment holds ``B × E`` copies ordered task-major (copy ``b * E + e`` runs episode
+``e`` of task ``b``). At every time step the observations are reshaped to ``[B, E, obs]`` and the
+policy is evaluated once with per-task parameters (a leading task dimension), so sampling the
+pre- and post-adaptation episodes of a whole meta-batch has no Python loop over tasks or episodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import VectorEnv
+from torch import Tensor, nn
+
+from metarl.functional import Params, distribution, per_task
+from metarl.tasks import horizon_of, make_env, make_vector_env, set_tasks
+
+
+class NonFiniteError(FloatingPointError):
+    """An environment produced NaN or infinite values."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Episodes:
+    """A batch of episodes for B tasks × E episodes × T steps (task-major, time last).
+
+    Steps after an episode ended are padding: `mask` is 0 there and rewards are 0.
+    """
+
+    observations: Tensor  # [B, E, T, obs_dim]
+    actions: Tensor  # [B, E, T, act_dim] (continuous) or [B, E, T] (discrete)
+    rewards: Tensor  # [B, E, T]
+    mask: Tensor  # [B, E, T], 1 on steps that belong to the episode
+    log_probs: Tensor  # [B, E, T], log π(a|s) under the policy that sampled the actions
+    advantages: Tensor | None = None  # [B, E, T], filled in by `maml.estimate_advantages`
+
+    @property
+    def returns(self) -> Tensor:
+        """Undiscounted return of every episode, ``[B, E]``."""
+        return (self.rewards * self.mask).sum(-1)
+
+    @property
+    def num_steps(self) -> int:
+        """Environment steps in the batch (padding excluded)."""
+        return int(self.mask.sum().item())
+
+
+def env_actions(actions: np.ndarray, space: gym.Space, scaling: str) -> np.ndarray:
+    """Map policy actions to the environment's action space.
+
+    ``normalize``: the policy acts in [-1, 1]; actions are clipped and mapped linearly onto
+    ``[low, high]``. ``clip``: clipped to ``[low, high]``. Discrete actions pass through.
+    """
+    if isinstance(space, spaces.Discrete):
+        return actions.astype(np.int64) + space.start
+    if not isinstance(space, spaces.Box):
+        raise TypeError(f"unsupported action space {space}; metarl handles Box and Discrete actions")
+    if scaling == "normalize":
+        return (space.low + (np.clip(actions, -1.0, 1.0) + 1.0) * 0.5 * (space.high - space.low)).astype(space.dtype)
+    return np.clip(actions, space.low, space.high).astype(space.dtype)
+
+
+class Sampler:
+    """Collects `episodes_per_task` episodes for each task of a batch, all in lockstep.
+
+    Args:
+        env_id: Gymnasium id of the task distribution.
+        episodes_per_task: E, the number of episodes per task per call.
+        env_kwargs: constructor arguments for the environment.
+        horizon: episode length (default: the id's ``max_episode_steps``).
+        action_scaling: ``normalize`` or ``clip``; see `env_actions`.
+        seed: seeds the environment resets.
+        device: where the episode tensors live.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        episodes_per_task: int,
+        env_kwargs: Mapping[str, Any] | None = None,
+        horizon: int | None = None,
+        action_scaling: str = "normalize",
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
+        self.episodes_per_task = episodes_per_task
+        self.action_scaling = action_scaling
+        self.device = torch.device(device)
+        self.rng = np.random.default_rng([seed, 2])
+        self.env = make_env(env_id, self.env_kwargs, horizon)
+        self.horizon = horizon_of(self.env, horizon)
+        self.observation_space = self.env.observation_space
+        self.action_space = self.env.action_space
+        self._vector_envs: dict[int, VectorEnv] = {}
+
+    @classmethod
+    def for_env(
+        cls, env: gym.Env, horizon: int | None = None, action_scaling: str = "normalize", seed: int = 0
+    ) -> Sampler:
+        """A sampler that runs one episode at a time on an existing environment instance (e.g. a
+        robot whose task is unknown): `sample` then takes ``tasks=None``."""
+        sampler = cls.__new__(cls)
+        sampler.env_id, sampler.env_kwargs, sampler.episodes_per_task = None, {}, 1
+        sampler.action_scaling, sampler.device = action_scaling, torch.device("cpu")
+        sampler.rng = np.random.default_rng([seed, 2])
+        sampler.env, sampler.horizon = env, horizon_of(env, horizon)
+        sampler.observation_space, sampler.action_space = env.observation_space, env.action_space
+        sampler._vector_envs = {1: gym.vector.SyncVectorEnv([lambda: env], autoreset_mode="NextStep")}
+        return sampler
+
+    def _vector_env(self, num_tasks: int) -> VectorEnv:
+        if num_tasks not in self._vector_envs:
+            num_envs = num_tasks * self.episodes_per_task
+            self._vector_envs[num_tasks] = make_vector_env(self.env_id, num_envs, self.env_kwargs, self.horizon)
+        return self._vector_envs[num_tasks]
+
+    @torch.no_grad()
+    def sample(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
+        """Run E episodes of every task; task ``b`` acts with ``params[name][b]``.
+
+        `params` either carries a leading task dimension (adapted, per-task parameters) or is a
+        single parameter set shared by all tasks. ``tasks=None`` keeps the environment's own task
+        (one task).
+        """
+        num_tasks, num_episodes = len(tasks) if tasks is not None else 1, self.episodes_per_task
+        if next(iter(params.values())).dim() == next(iter(policy.parameters())).dim():
+            params = per_task(params, num_tasks)
+        envs = self._vector_env(num_tasks)
+        if tasks is not None:
+            set_tasks(envs, [task for task in tasks for _ in range(num_episodes)])
+        obs, _ = envs.reset(seed=int(self.rng.integers(2**31)))
+
+        steps: dict[str, list[Tensor]] = {k: [] for k in ("observations", "actions", "rewards", "mask", "log_probs")}
+        alive = np.ones(envs.num_envs, dtype=bool)
+        for _ in range(self.horizon):
+            _check_finite(obs, "observations", tasks, num_episodes)
+            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+            obs_t = obs_t.reshape(num_tasks, num_episodes, *obs_t.shape[1:])
+            pi = distribution(policy, params, obs_t)
+            action = pi.sample()
+            steps["observations"].append(obs_t)
+            steps["actions"].append(action)
+            steps["log_probs"].append(pi.log_prob(action))
+            steps["mask"].append(torch.as_tensor(alive, dtype=torch.float32).reshape(num_tasks, num_episodes))
+
+            flat = action.reshape(envs.num_envs, *action.shape[2:]).cpu().numpy()
+            obs, reward, terminated, truncated, _ = envs.step(env_actions(flat, self.action_space, self.action_scaling))
+            _check_finite(reward, "rewards", tasks, num_episodes)
+            reward = np.where(alive, reward, 0.0)
+            steps["rewards"].append(torch.as_tensor(reward, dtype=torch.float32).reshape(num_tasks, num_episodes))
+            alive &= ~(terminated | truncated)
+            if not alive.any():
+                break
+
+        tensors = {k: torch.stack(v, dim=2).to(self.device) for k, v in steps.items()}
+        return Episodes(**tensors)
+
+    def close(self) -> None:
+        for envs in self._vector_envs.values():
+            envs.close()
+        self._vector_envs.clear()
+        self.env.close()
+
+
+def concat_episodes(batches: Sequence[Episodes]) -> Episodes:
+    """Join batches along the episode dimension, padding shorter ones in time (mask 0)."""
+    horizon = max(b.rewards.shape[-1] for b in batches)
+
+    def pad(x: Tensor, time_dim: int) -> Tensor:
+        missing = horizon - x.shape[time_dim]
+        if missing == 0:
+            return x
+        shape = list(x.shape)
+        shape[time_dim] = missing
+        return torch.cat([x, x.new_zeros(shape)], dim=time_dim)
+
+    fields = ("observations", "actions", "rewards", "mask", "log_probs")
+    return Episodes(**{f: torch.cat([pad(getattr(b, f), time_dim=2) for b in batches], dim=1) for f in fields})
+
+
+def _check_finite(values: np.ndarray, what: str, tasks: Sequence[Any] | None, num_episodes: int) -> None:
+    if np.issubdtype(np.asarray(values).dtype, np.floating) and not np.isfinite(values).all():
+        bad = int(np.argwhere(~np.isfinite(np.asarray(values).reshape(len(values), -1)))[0][0])
+        task = repr(tasks[bad // num_episodes]) if tasks is not None else "the environment's own"
+        raise NonFiniteError(
+            f"the environment returned non-finite {what} (copy {bad}, task {task}); check the environment's "
+            "dynamics for this task, or the actions it receives"
+        )

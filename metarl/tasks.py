@@ -1,0 +1,148 @@
+"""The task protocol, and how metarl creates task-distribution environments and sets their tasks.
+
+A **task distribution** is a Gymnasium environment that also has
+
+- ``sample_tasks(n, rng: numpy.random.Generator) -> list[task]``: draws tasks from the caller's
+  generator (never the global ``np.random``), and
+- a settable ``task`` attribute (``env.task = task``; ``set_task(task)`` and
+  ``reset(options={"task": task})`` are accepted too). A plain ``reset()`` keeps the current task.
+
+Tasks are small immutable values (frozen dataclasses or mappings of numbers) that round-trip
+through JSON: ``task_to_json`` gives plain data and the environment accepts that data back as a
+task. The task is never part of the observation. Environments are created from Gymnasium ids;
+ids under the ``MetaRL/`` namespace are registered by the ``envs`` package, which metarl loads by
+name on first use (metarl does not depend on it otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.envs.registration import registry
+from gymnasium.vector import VectorEnv
+
+# Namespaces whose ids are registered by importing a package.
+NAMESPACE_PROVIDERS = {"MetaRL": "envs"}
+
+
+class EnvError(ValueError):
+    """An environment cannot be created or does not follow the task protocol."""
+
+
+@runtime_checkable
+class TaskDistribution(Protocol):
+    """What metarl needs from an environment besides the Gymnasium API."""
+
+    task: Any
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]: ...
+
+
+def ensure_registered(env_id: str) -> None:
+    """Import the package that registers `env_id`'s namespace, or fail with a helpful message."""
+    if ":" in env_id or env_id in registry:
+        return
+    namespace = env_id.split("/")[0] if "/" in env_id else None
+    if namespace in NAMESPACE_PROVIDERS:
+        importlib.import_module(NAMESPACE_PROVIDERS[namespace])
+    if env_id not in registry:
+        known = sorted(i for i in registry if i.startswith("MetaRL/"))
+        raise EnvError(
+            f"unknown environment id '{env_id}'. Task families shipped with metarl: {', '.join(known)}. "
+            "Other ids must be registered with gymnasium first, or written as 'module:Id' "
+            "(the module is imported to register it); `metarl envs` lists the families."
+        )
+
+
+def make_env(env_id: str, kwargs: Mapping[str, Any] | None = None, horizon: int | None = None) -> gym.Env:
+    """``gymnasium.make`` for a task distribution (a horizon overrides ``max_episode_steps``)."""
+    ensure_registered(env_id)
+    extra = {"max_episode_steps": horizon} if horizon is not None else {}
+    try:
+        return gym.make(env_id, **dict(kwargs or {}), **extra)
+    except gym.error.Error as error:
+        raise EnvError(f"cannot create '{env_id}': {error}") from None
+
+
+def make_vector_env(
+    env_id: str, num_envs: int, kwargs: Mapping[str, Any] | None = None, horizon: int | None = None
+) -> VectorEnv:
+    """``gymnasium.make_vec``: the id's own batched implementation when it registers one, else sync."""
+    ensure_registered(env_id)
+    extra = {"max_episode_steps": horizon} if horizon is not None else {}
+    return gym.make_vec(env_id, num_envs=num_envs, **dict(kwargs or {}), **extra)
+
+
+def horizon_of(env: gym.Env, override: int | None = None) -> int:
+    """The episode length: `override`, else the registered ``max_episode_steps``."""
+    horizon = override if override is not None else (env.spec.max_episode_steps if env.spec else None)
+    if horizon is None:
+        raise EnvError(f"'{env.spec.id if env.spec else env}' has no max_episode_steps; set env.horizon in the config")
+    return int(horizon)
+
+
+def sample_tasks(env: gym.Env | VectorEnv, n: int, rng: np.random.Generator) -> list[Any]:
+    """Draw `n` tasks from the environment's distribution, through any wrappers."""
+    try:
+        sampler = env.get_wrapper_attr("sample_tasks") if isinstance(env, gym.Env) else env.sample_tasks
+    except AttributeError:
+        raise EnvError(
+            f"{env} is not a task distribution: it has no sample_tasks(n, rng) method "
+            "(see metarl.tasks for the protocol)"
+        ) from None
+    return list(sampler(n, rng))
+
+
+def set_tasks(envs: VectorEnv, tasks: Sequence[Any]) -> None:
+    """Give every copy of a vector env its own task (``len(tasks) == envs.num_envs``)."""
+    envs.set_attr("task", list(tasks))
+
+
+def task_to_json(task: Any) -> Any:
+    """Plain JSON data for a task (dataclass fields, mapping, array or number)."""
+    if dataclasses.is_dataclass(task) and not isinstance(task, type):
+        task = dataclasses.asdict(task)
+    return json.loads(json.dumps(task, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+class TaskSplits:
+    """Reproducible, disjoint train and test task sets for one task distribution.
+
+    Test tasks are the first draws of a generator seeded with `test_seed`; training tasks come from
+    a generator seeded with `train_seed` and never include a test task.
+    """
+
+    def __init__(self, env: gym.Env | VectorEnv, train_seed: int, test_seed: int, num_test: int) -> None:
+        self._env = env
+        self._train_rng = np.random.default_rng([train_seed, 0])
+        self.test = sample_tasks(env, num_test, np.random.default_rng([test_seed, 1]))
+        self._test_keys = {json.dumps(task_to_json(t), sort_keys=True) for t in self.test}
+
+    def sample_train(self, n: int) -> list[Any]:
+        """`n` training tasks, redrawing any that coincide with a test task."""
+        tasks = []
+        for _ in range(100):
+            tasks += [
+                t
+                for t in sample_tasks(self._env, n - len(tasks), self._train_rng)
+                if json.dumps(task_to_json(t), sort_keys=True) not in self._test_keys
+            ]
+            if len(tasks) == n:
+                return tasks
+        raise EnvError(
+            "could not draw training tasks distinct from the held-out test tasks: the task "
+            "distribution has too few distinct tasks for a held-out split"
+        )
+
+    def state(self) -> dict[str, Any]:
+        """Generator state, for checkpoints."""
+        return self._train_rng.bit_generator.state
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._train_rng.bit_generator.state = state

@@ -1,0 +1,161 @@
+"""The MAML core: inner step, meta-gradient (vs finite differences), Fisher products, TRPO step."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from metarl.config import AdvantageConfig, InnerConfig, OuterConfig
+from metarl.functional import detach, distribution, parameters_of, per_task
+from metarl.maml import (
+    MetaBatch,
+    adapt,
+    adapted_fisher_product,
+    adapted_parameters,
+    inner_loss,
+    mean_kl,
+    sample_meta_batch,
+    surrogate_loss,
+    trpo_step,
+)
+from metarl.policies import GaussianMLPPolicy
+from metarl.sampler import Episodes, Sampler
+from metarl.tasks import TaskSplits
+from metarl.trpo import flat
+
+
+def synthetic_episodes(generator, tasks=2, episodes=3, horizon=4, obs_dim=2, act_dim=2, dtype=torch.float64):
+    shape = (tasks, episodes, horizon)
+    mask = torch.ones(shape, dtype=dtype)
+    mask[:, 0, -1] = 0
+    return Episodes(
+        observations=torch.randn(*shape, obs_dim, generator=generator, dtype=dtype),
+        actions=torch.randn(*shape, act_dim, generator=generator, dtype=dtype),
+        rewards=torch.randn(shape, generator=generator, dtype=dtype) * mask,
+        mask=mask,
+        log_probs=torch.randn(shape, generator=generator, dtype=dtype) - 3,
+        advantages=torch.randn(shape, generator=generator, dtype=dtype) * mask,
+    )
+
+
+@pytest.fixture
+def policy():
+    torch.manual_seed(0)
+    return GaussianMLPPolicy(2, 2, (8,), "tanh", init_std=0.7).double()
+
+
+def test_inner_step_equals_manual_sgd(policy):
+    g = torch.Generator().manual_seed(0)
+    episodes = synthetic_episodes(g)
+    adapted = adapt(policy, per_task(parameters_of(policy), 2), [episodes], lr=0.3, create_graph=False)
+    for b in range(2):
+        task_episodes = Episodes(**{f.name: getattr(episodes, f.name)[b] for f in dataclasses.fields(Episodes)})
+        policy.zero_grad()
+        inner_loss(policy, parameters_of(policy), task_episodes).backward()
+        for name, p in policy.named_parameters():
+            torch.testing.assert_close(adapted[name][b], p.detach() - 0.3 * p.grad)
+
+
+def test_adapt_leaves_the_module_unchanged(policy):
+    before = flat(list(policy.parameters())).clone()
+    adapt(
+        policy,
+        per_task(parameters_of(policy), 2),
+        [synthetic_episodes(torch.Generator().manual_seed(1))],
+        0.5,
+        create_graph=True,
+    )
+    torch.testing.assert_close(flat(list(policy.parameters())), before)
+
+
+def outer_objective(policy, batch, inner):
+    adapted = adapted_parameters(policy, batch, inner, create_graph=not inner.first_order)
+    return surrogate_loss(policy, adapted, batch.outer)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_second_order_meta_gradient_matches_finite_differences(policy, steps):
+    g = torch.Generator().manual_seed(2)
+    batch = MetaBatch([0, 1], tuple(synthetic_episodes(g) for _ in range(steps)), synthetic_episodes(g))
+    inner = InnerConfig(lr=0.5, steps=steps)
+    params = list(policy.parameters())
+    grad = flat(torch.autograd.grad(outer_objective(policy, batch, inner), params))
+    theta = flat(params).detach().clone()
+    eps = 1e-6
+    for _ in range(3):
+        direction = torch.randn(theta.shape, generator=g, dtype=theta.dtype)
+
+        def value_at(vector):
+            with torch.no_grad():
+                offset = 0
+                for p in params:
+                    p.copy_(vector[offset : offset + p.numel()].view_as(p))
+                    offset += p.numel()
+            return outer_objective(policy, batch, inner).item()
+
+        numeric = (value_at(theta + eps * direction) - value_at(theta - eps * direction)) / (2 * eps)
+        value_at(theta)
+        assert grad @ direction == pytest.approx(numeric, rel=1e-6, abs=1e-9)
+
+    first_order = flat(
+        torch.autograd.grad(outer_objective(policy, batch, dataclasses.replace(inner, first_order=True)), params)
+    )
+    assert (first_order - grad).norm() > 1e-3 * grad.norm()
+
+
+@pytest.mark.parametrize("steps,first_order", [(1, False), (2, False), (1, True)])
+def test_adapted_fisher_product_equals_hessian_of_kl(policy, steps, first_order):
+    g = torch.Generator().manual_seed(3)
+    batch = MetaBatch([0, 1], tuple(synthetic_episodes(g) for _ in range(steps)), synthetic_episodes(g))
+    inner = InnerConfig(lr=0.5, steps=steps, first_order=first_order)
+    params = list(policy.parameters())
+    adapted = adapted_parameters(policy, batch, inner, create_graph=not first_order)
+    with torch.no_grad():
+        old_pi = distribution(policy, detach(adapted), batch.outer.observations)
+    kl = mean_kl(old_pi, distribution(policy, adapted, batch.outer.observations), batch.outer.mask)
+    kl_grad = flat(torch.autograd.grad(kl, params, create_graph=True))
+    v = torch.randn(kl_grad.shape, generator=g, dtype=kl_grad.dtype)
+    reference = flat(torch.autograd.grad(kl_grad @ v, params))
+    product = adapted_fisher_product(policy, batch, inner, old_pi, damping=0.1)(v)
+    torch.testing.assert_close(product, reference + 0.1 * v)
+
+
+@pytest.fixture(scope="module")
+def navigation_batch():
+    torch.manual_seed(0)
+    sampler = Sampler("MetaRL/Navigation2D-v0", episodes_per_task=5, horizon=30, seed=0)
+    policy = GaussianMLPPolicy(2, 2, (16, 16), "tanh")
+    tasks = TaskSplits(sampler.env, 0, 1, 4).sample_train(4)
+    batch = sample_meta_batch(sampler, policy, tasks, InnerConfig(lr=0.5), AdvantageConfig())
+    sampler.close()
+    return policy, batch
+
+
+def test_sampler_and_meta_loss_adapt_identically(navigation_batch):
+    policy, batch = navigation_batch
+    adapted = adapted_parameters(policy, batch, InnerConfig(lr=0.5), create_graph=True)
+    log_probs = distribution(policy, adapted, batch.outer.observations).log_prob(batch.outer.actions)
+    ratio = torch.exp(log_probs - batch.outer.log_probs)
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-4, rtol=0)
+
+
+def test_trpo_step_respects_max_kl_and_improves_the_surrogate(navigation_batch):
+    policy, batch = navigation_batch
+    policy = GaussianMLPPolicy(2, 2, (16, 16), "tanh")
+    policy.load_state_dict(navigation_batch[0].state_dict())
+    inner = InnerConfig(lr=0.5)
+    outer = OuterConfig(max_kl=1e-3)
+    with torch.no_grad():
+        old_adapted = detach(adapted_parameters(policy, batch, inner, create_graph=False))
+        old_pi = distribution(policy, old_adapted, batch.outer.observations)
+        loss_before = surrogate_loss(policy, old_adapted, batch.outer).item()
+    stats = trpo_step(policy, batch, inner, outer)
+    assert stats["optim/step_accepted"] == 1.0
+    new_adapted = adapted_parameters(policy, batch, inner, create_graph=False)
+    with torch.no_grad():
+        kl = mean_kl(old_pi, distribution(policy, new_adapted, batch.outer.observations), batch.outer.mask).item()
+        loss_after = surrogate_loss(policy, new_adapted, batch.outer).item()
+    assert 0 < kl <= 1e-3
+    assert kl == pytest.approx(stats["policy/kl"], rel=1e-4)
+    assert loss_after < loss_before
+    assert stats["loss/outer"] == pytest.approx(loss_before, abs=1e-6)

@@ -1,0 +1,94 @@
+"""The batched sampler: shapes, masks, per-task parameters, rewards matching the env's definition."""
+
+import numpy as np
+import torch
+
+from metarl.functional import parameters_of, per_task
+from metarl.policies import GaussianMLPPolicy
+from metarl.sampler import Sampler, concat_episodes
+
+GOALS = [{"goal": [0.3, -0.2]}, {"goal": [-0.4, 0.1]}, {"goal": [0.0, 0.05]}]
+
+
+def make_sampler(seed=0, episodes=4, horizon=25):
+    return Sampler("MetaRL/Navigation2D-v0", episodes_per_task=episodes, horizon=horizon, seed=seed)
+
+
+def test_shapes_and_rewards_follow_the_environment_definition():
+    torch.manual_seed(0)
+    sampler = make_sampler()
+    policy = GaussianMLPPolicy(2, 2, (8,))
+    episodes = sampler.sample(policy, parameters_of(policy), GOALS)
+    assert episodes.observations.shape == (3, 4, 25, 2)
+    assert episodes.actions.shape == (3, 4, 25, 2)
+    assert episodes.rewards.shape == episodes.mask.shape == episodes.log_probs.shape == (3, 4, 25)
+    # Replay the point robot: actions are normalised, position += 0.1 * clip(a, -1, 1).
+    velocity = 0.1 * episodes.actions.clamp(-1, 1).double()
+    positions = torch.cumsum(velocity, dim=2)
+    goals = torch.tensor([g["goal"] for g in GOALS], dtype=torch.float64)[:, None, None, :]
+    expected_rewards = -(positions - goals).norm(dim=-1)
+    torch.testing.assert_close(episodes.rewards.double(), expected_rewards * episodes.mask, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        episodes.observations[:, :, 1:].double(), positions[:, :, :-1].float().double(), atol=1e-5, rtol=0
+    )
+    assert torch.all(episodes.observations[:, :, 0] == 0)
+    assert episodes.num_steps == int(episodes.mask.sum())
+
+
+def test_mask_stops_after_termination():
+    torch.manual_seed(1)
+    sampler = make_sampler(episodes=2, horizon=30)
+    policy = GaussianMLPPolicy(2, 2, (8,), init_std=1e-3)
+    # A policy whose mean action is +1 in both axes moves 0.1 per step: it reaches (0.2, 0.2) at step 2.
+    params = {k: torch.zeros_like(v) for k, v in parameters_of(policy).items()}
+    params["mean.layers.1.bias"] = torch.full((2,), 5.0)
+    params["log_std"] = torch.full((2,), -9.0)
+    episodes = sampler.sample(policy, params, [{"goal": [0.2, 0.2]}, {"goal": [-0.4, 0.1]}])
+    assert episodes.rewards.shape[-1] == 30
+    assert episodes.mask[0, 0].tolist() == [1.0, 1.0] + [0.0] * 28  # goal reached at step 2
+    assert episodes.mask[1, 0].tolist() == [1.0] * 30  # never reached: runs to the horizon
+    assert torch.all(episodes.rewards[0, :, 2:] == 0)
+    torch.testing.assert_close(episodes.returns[0], torch.full((2,), -(0.1 * 2**0.5)), atol=1e-4, rtol=0)
+
+
+def test_per_task_parameters_act_per_task():
+    torch.manual_seed(2)
+    sampler = make_sampler(episodes=3, horizon=5)
+    policy = GaussianMLPPolicy(2, 2, (8,))
+    params = per_task({k: torch.zeros_like(v) for k, v in parameters_of(policy).items()}, 3)
+    params = {k: v.clone() for k, v in params.items()}
+    params["log_std"][:] = -9.0
+    params["mean.layers.1.bias"][0] = torch.tensor([1.0, 0.0])
+    params["mean.layers.1.bias"][1] = torch.tensor([0.0, -1.0])
+    params["mean.layers.1.bias"][2] = torch.tensor([-0.5, 0.5])
+    episodes = sampler.sample(policy, params, GOALS)
+    expected = torch.tensor([[0.1, 0.0], [0.0, -0.1], [-0.05, 0.05]])
+    torch.testing.assert_close(episodes.observations[:, :, 1], expected[:, None, :].expand(3, 3, 2), atol=1e-4, rtol=0)
+
+
+def test_seeded_sampling_is_reproducible():
+    def run():
+        torch.manual_seed(5)
+        sampler = make_sampler(seed=3)
+        policy = GaussianMLPPolicy(2, 2, (8,))
+        return sampler.sample(policy, parameters_of(policy), GOALS)
+
+    a, b = run(), run()
+    torch.testing.assert_close(a.actions, b.actions)
+    torch.testing.assert_close(a.rewards, b.rewards)
+
+
+def test_for_env_runs_episodes_on_an_existing_instance():
+    import gymnasium as gym
+
+    import envs  # noqa: F401  (registers MetaRL/ ids)
+
+    torch.manual_seed(0)
+    env = gym.make("MetaRL/Navigation2D-v0", max_episode_steps=10)
+    env.unwrapped.task = {"goal": [0.1, 0.1]}
+    sampler = Sampler.for_env(env)
+    policy = GaussianMLPPolicy(2, 2, (8,))
+    batch = concat_episodes([sampler.sample(policy, parameters_of(policy), None) for _ in range(3)])
+    assert batch.rewards.shape == (1, 3, 10)
+    assert np.isclose(batch.mask.sum().item(), 30) or batch.mask.sum().item() < 30
+    assert env.unwrapped.task.goal == (0.1, 0.1)
