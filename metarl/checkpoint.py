@@ -54,8 +54,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
         raise CheckpointError(
-            f"cannot load checkpoint '{file}': it is corrupt, truncated or contains objects other than "
-            f"tensors and plain data ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+            f"cannot load checkpoint '{file}': it is corrupt, truncated, or contains objects other than tensors "
+            f"and plain data, which metarl refuses to unpickle ({type(error).__name__}). Use a checkpoint written "
+            "by metarl train."
         ) from None
     if not isinstance(payload, dict) or "format_version" not in payload:
         raise CheckpointError(f"'{file}' is not a metarl checkpoint (no format_version)")

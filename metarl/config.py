@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -163,6 +164,9 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
 }
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _check_type(value: Any, hint: Any) -> tuple[bool, Any]:
     """Whether `value` fits the type `hint` (ints are accepted for floats and converted)."""
     origin = typing.get_origin(hint)
@@ -179,6 +183,8 @@ def _check_type(value: Any, hint: Any) -> tuple[bool, Any]:
     if hint is type(None):
         return value is None, value
     if hint is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as a string
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return ok, float(value) if ok else value
     if hint is int:
@@ -255,9 +261,13 @@ def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], list[str]
             value = raw
         node = nested
         *parents, leaf = key.strip().split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
-        node[leaf] = value
+            if not isinstance(node, dict):
+                problems.append(f"override {item!r}: '{'.'.join(parents[: depth + 1])}' was set to a value above")
+                break
+        else:
+            node[leaf] = value
     return nested, problems
 
 

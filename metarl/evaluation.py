@@ -159,7 +159,10 @@ class EvaluationResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         tasks = [task_to_json(t) for t in self.tasks]
         summary = {
-            m: [{"step": k, "mean": mean, "ci95": half} for k, (mean, half) in enumerate(stats)]
+            m: [
+                {"step": k, "mean": mean, "ci95": half if math.isfinite(half) else None}
+                for k, (mean, half) in enumerate(stats)
+            ]
             for m, stats in self.summary().items()
         }
         per_task = {m: r.tolist() for m, r in self.returns.items()}

@@ -1,0 +1,225 @@
+"""metarl.config: YAML loading, overrides, validation that reports every problem, round trips."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from metarl.config import (
+    Config,
+    ConfigError,
+    EnvConfig,
+    EvaluationConfig,
+    InnerConfig,
+    OuterConfig,
+    PolicyConfig,
+    config_from_dict,
+    load_config,
+    parse_overrides,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults():
+    config = load_config()
+    assert config == Config()
+    assert config.env == EnvConfig(id="MetaRL/Navigation2D-v0", kwargs={}, horizon=None)
+    assert config.policy.hidden_sizes == [64, 64]
+    assert config.policy.activation == "tanh"
+    assert config.inner.lr == 0.1
+    assert config.inner.steps == 1
+    assert config.outer.algo == "trpo"
+    assert config.outer.max_kl == 0.01
+    assert config.train.iterations == 500
+    assert config.evaluation.num_tasks == 40
+    assert config.evaluation.lr is None
+
+
+def test_navigation_experiment():
+    config = load_config(ROOT / "experiments" / "navigation_2d.yaml")
+    assert config.env.id == "MetaRL/Navigation2D-v0"
+    assert config.env.horizon is None
+    assert config.policy == PolicyConfig(
+        hidden_sizes=[100, 100], activation="relu", init_std=1.0, action_scaling="normalize"
+    )
+    assert config.inner == InnerConfig(lr=0.1, steps=1, episodes_per_task=20, first_order=False)
+    assert config.outer.algo == "trpo"
+    assert config.outer.tasks_per_batch == 20
+    assert config.outer.max_kl == 0.01
+    assert config.outer.cg_iters == 10
+    assert config.outer.cg_damping == 1e-5
+    assert config.outer.ls_max_steps == 15
+    assert config.outer.ls_backtrack_ratio == 0.8
+    assert config.advantages.gamma == 0.99
+    assert config.advantages.gae_lambda == 1.0
+    assert config.advantages.normalize is True
+    assert config.train.iterations == 300
+    assert config.train.checkpoint_every == 50
+    assert config.evaluation == EvaluationConfig(
+        num_tasks=40, adapt_steps=3, episodes_per_task=40, lr=0.1, later_lr_scale=0.5, seed=1
+    )
+
+
+def test_smoke_experiment():
+    config = load_config(ROOT / "experiments" / "smoke.yaml")
+    assert config.env.horizon == 20
+    assert config.policy.hidden_sizes == [16, 16]
+    assert config.policy.activation == "tanh"  # not set: default
+    assert config.inner.episodes_per_task == 4
+    assert config.inner.lr == 0.1
+    assert config.outer.tasks_per_batch == 3
+    assert config.train.iterations == 3
+    assert config.train.checkpoint_every == 2
+    assert config.evaluation.num_tasks == 4
+    assert config.evaluation.adapt_steps == 2
+    assert config.evaluation.episodes_per_task == 4
+
+
+def test_overrides_apply_and_ints_are_accepted_for_floats():
+    config = load_config(
+        ROOT / "experiments" / "smoke.yaml",
+        [
+            "inner.lr=0.05",
+            "policy.hidden_sizes=[32,32]",
+            "outer.max_kl=1",
+            "env.kwargs={goal_low: -0.2}",
+            "evaluation.lr=null",
+            "train.run_name=abc",
+        ],
+    )
+    assert config.inner.lr == 0.05
+    assert config.policy.hidden_sizes == [32, 32]
+    assert config.outer.max_kl == 1.0
+    assert isinstance(config.outer.max_kl, float)
+    assert config.env.kwargs == {"goal_low": -0.2}
+    assert config.evaluation.lr is None
+    assert config.train.run_name == "abc"
+    # Untouched values keep the file's.
+    assert config.outer.tasks_per_batch == 3
+    assert config.env.horizon == 20
+
+    # Ints in a file are converted too.
+    assert isinstance(config_from_dict({"inner": {"lr": 1}}).inner.lr, float)
+    # The last of repeated overrides wins.
+    assert load_config(None, ["inner.lr=0.2", "inner.lr=0.3"]).inner.lr == 0.3
+
+
+def test_parse_overrides_builds_nested_dict():
+    nested, problems = parse_overrides(["inner.lr=0.05", "policy.hidden_sizes=[32, 32]", "env.id=a=b"])
+    assert nested == {"inner": {"lr": 0.05}, "policy": {"hidden_sizes": [32, 32]}, "env": {"id": "a=b"}}
+    assert problems == []
+
+
+def test_every_problem_is_reported_at_once():
+    data = {
+        "inner": {"lrr": 0.1, "lr": -0.5, "steps": "two"},
+        "outer": {"tasks_per_batch": 0},
+        "optimizer": {"lr": 1e-3},
+        "policy": {"activation": "sigmoid"},
+    }
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(data)
+    problems = info.value.problems
+    assert problems == [
+        "unknown key 'inner.lrr' (did you mean 'inner.lr'?)",
+        "'inner.lr' must be non-negative, got -0.5",
+        "'inner.steps' must be int, got 'two'",
+        "'outer.tasks_per_batch' must be at least 1, got 0",
+        "unknown key 'optimizer' (valid keys: env, policy, inner, outer, advantages, train, evaluation)",
+        "'policy.activation' must be 'tanh' | 'relu', got 'sigmoid'",
+    ]
+    message = str(info.value)
+    assert message.startswith("invalid configuration:\n")
+    assert all(f"  - {p}" in message for p in problems)
+
+
+def test_problems_in_overrides_and_types():
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            None,
+            [
+                "inner.lr",
+                "policy.hidden_sizes=64",
+                "inner.steps=true",
+                "env=3",
+                "outer.ls_backtrack_ratio=1",
+                "policy.hidden_sizes=[32, 0]",
+            ],
+        )
+    assert info.value.problems == [
+        "override 'inner.lr' must look like section.field=value (e.g. inner.lr=0.05)",
+        "'policy.hidden_sizes' must be a list of positive integers, got [32, 0]",
+        "'inner.steps' must be int, got True",
+        "'env' must be a mapping of EnvConfig fields, got 3",
+        "'outer.ls_backtrack_ratio' must be in (0, 1), got 1",
+    ]
+
+
+def test_misspelled_section_gets_a_suggestion():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"evaluaton": {"num_tasks": 3}, "outer": {"max_lk": 0.1}})
+    assert info.value.problems == [
+        "unknown key 'evaluaton' (did you mean 'evaluation'?)",
+        "unknown key 'outer.max_lk' (did you mean 'outer.max_kl'?)",
+    ]
+
+
+def test_configuration_must_be_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- inner\n- outer\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == ["the configuration must be a mapping of sections, got list"]
+
+
+def test_empty_file_gives_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing\n")
+    assert load_config(path) == Config()
+
+
+def test_invalid_yaml_names_the_path(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("inner:\n  lr: [0.1,\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].startswith(f"'{path}' is not valid YAML:")
+
+
+def test_missing_file_names_the_path(tmp_path):
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [f"config file '{path}' does not exist"]
+    # A directory is not a config file either.
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path)
+
+
+def test_to_yaml_round_trips():
+    for config in (
+        Config(),
+        load_config(ROOT / "experiments" / "navigation_2d.yaml"),
+        Config(outer=OuterConfig(algo="adam", lr=3e-4, max_grad_norm=1.0)),
+    ):
+        text = config.to_yaml()
+        assert config_from_dict(yaml.safe_load(text)) == config
+    text = Config().to_yaml()
+    assert text.startswith("env:\n  id: MetaRL/Navigation2D-v0\n")
+    assert "  cg_damping: 1.0e-05\n" in text
+
+
+def test_scientific_notation_is_a_float():
+    # Learning rates are usually written like 3e-4; PyYAML (YAML 1.1) reads "3e-4" as a string.
+    assert load_config(None, ["outer.lr=3e-4"]).outer.lr == pytest.approx(3e-4)
+    assert config_from_dict(yaml.safe_load("outer:\n  lr: 1e-3\n")).outer.lr == pytest.approx(1e-3)
+
+
+def test_override_below_a_scalar_is_a_config_error():
+    # "inner=3" then "inner.lr=1": the second override cannot go below a number.
+    with pytest.raises(ConfigError):
+        load_config(None, ["inner=3", "inner.lr=1"])
+    with pytest.raises(ConfigError):
+        load_config(None, ["inner.lr=1", "inner.lr.x=2"])
