@@ -138,6 +138,24 @@ def meta_step(
     return gradient_step(policy, optimizer, batch, inner, outer)
 
 
+def meta_loss(policy: nn.Module, batch: MetaBatch, inner: InnerConfig) -> tuple[Tensor, Distribution]:
+    """The meta-objective ``mean_i L(θ'_i(θ); D'_i)`` (Alg. 3, line 10), differentiable in θ, and the
+    current adapted policies π_θ' on the post-adaptation observations (detached, for KLs)."""
+    adapted = adapted_parameters(policy, batch, inner, create_graph=not inner.first_order)
+    with torch.no_grad():
+        old_pi = distribution(policy, detach(adapted), batch.outer.observations)
+    return surrogate_loss(policy, adapted, batch.outer), old_pi
+
+
+def loss_and_kl(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, old_pi: Distribution) -> tuple[float, float]:
+    """Meta-objective and mean KL from `old_pi` at the policy's current θ (no graph)."""
+    adapted = adapted_parameters(policy, batch, inner, create_graph=False)
+    with torch.no_grad():
+        loss = surrogate_loss(policy, adapted, batch.outer)
+        kl = mean_kl(old_pi, distribution(policy, adapted, batch.outer.observations), batch.outer.mask)
+    return loss.item(), kl.item()
+
+
 def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: OuterConfig) -> dict[str, float]:
     """MAML-TRPO: a natural-gradient step on the post-adaptation surrogate, within ``max_kl``.
 
@@ -145,13 +163,9 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     Hessian (through the inner update unless first-order) defines the trust region.
     """
     params = list(policy.parameters())
-    observations, mask = batch.outer.observations, batch.outer.mask
     inner_loss_before = _inner_loss_value(policy, batch)
-    adapted = adapted_parameters(policy, batch, inner, create_graph=not inner.first_order)
-    with torch.no_grad():
-        old_pi = distribution(policy, detach(adapted), observations)
-    loss = surrogate_loss(policy, adapted, batch.outer)
-    grad = flat(torch.autograd.grad(loss, params, retain_graph=True))
+    loss, old_pi = meta_loss(policy, batch, inner)
+    grad = flat(torch.autograd.grad(loss, params))
 
     fvp = adapted_fisher_product(policy, batch, inner, old_pi, outer.cg_damping)
     direction = conjugate_gradient(fvp, grad, outer.cg_iters)  # ≈ F⁻¹ g
@@ -162,26 +176,23 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
 
     def evaluate(step: Tensor) -> tuple[float, float]:
         _assign(params, theta - step)
-        new_adapted = adapted_parameters(policy, batch, inner, create_graph=False)
-        with torch.no_grad():
-            new_loss = surrogate_loss(policy, new_adapted, batch.outer)
-            new_kl = mean_kl(old_pi, distribution(policy, new_adapted, observations), mask)
-        return new_loss.item(), new_kl.item()
+        return loss_and_kl(policy, batch, inner, old_pi)
 
     accepted, loss_after, kl_after = line_search(
         evaluate, full_step, loss.item(), outer.max_kl, outer.ls_max_steps, outer.ls_backtrack_ratio
     )
-    if accepted is None:
+    if accepted is None:  # no step improved within the trust region: keep θ
         _assign(params, theta)
         loss_after, kl_after = loss.item(), 0.0
+    step_norm = 0.0 if accepted is None else (outer.ls_backtrack_ratio**accepted * full_step).norm().item()
     return {
         "loss/outer": loss.item(),
         "loss/outer_after": loss_after,
         "loss/inner": inner_loss_before,
         "policy/kl": kl_after,
-        "policy/entropy": masked_mean(old_pi.entropy(), mask).item(),
+        "policy/entropy": masked_mean(old_pi.entropy(), batch.outer.mask).item(),
         "optim/grad_norm": grad.norm().item(),
-        "optim/step_norm": 0.0 if accepted is None else (outer.ls_backtrack_ratio**accepted * full_step).norm().item(),
+        "optim/step_norm": step_norm,
         "optim/line_search_steps": float(accepted + 1 if accepted is not None else outer.ls_max_steps),
         "optim/step_accepted": float(accepted is not None),
     }
@@ -241,30 +252,23 @@ def gradient_step(
     policy: nn.Module, optimizer: torch.optim.Optimizer, batch: MetaBatch, inner: InnerConfig, outer: OuterConfig
 ) -> dict[str, float]:
     """θ ← θ − β ∇θ Σ_i L(θ'_i(θ)) with Adam or SGD (the update rule of the MAML paper's Alg. 3)."""
-    observations, mask = batch.outer.observations, batch.outer.mask
+    params = list(policy.parameters())
     inner_loss_before = _inner_loss_value(policy, batch)
-    adapted = adapted_parameters(policy, batch, inner, create_graph=not inner.first_order)
-    with torch.no_grad():
-        old_pi = distribution(policy, detach(adapted), observations)
-    loss = surrogate_loss(policy, adapted, batch.outer)
+    loss, old_pi = meta_loss(policy, batch, inner)
     optimizer.zero_grad()
     loss.backward()
-    params = list(policy.parameters())
     if outer.max_grad_norm is not None:
         grad_norm = nn.utils.clip_grad_norm_(params, outer.max_grad_norm)
     else:
         grad_norm = flat([p.grad for p in params]).norm()
     optimizer.step()
-    new_adapted = adapted_parameters(policy, batch, inner, create_graph=False)
-    with torch.no_grad():
-        kl = mean_kl(old_pi, distribution(policy, new_adapted, observations), mask)
-        loss_after = surrogate_loss(policy, new_adapted, batch.outer)
+    loss_after, kl_after = loss_and_kl(policy, batch, inner, old_pi)
     return {
         "loss/outer": loss.item(),
-        "loss/outer_after": loss_after.item(),
+        "loss/outer_after": loss_after,
         "loss/inner": inner_loss_before,
-        "policy/kl": kl.item(),
-        "policy/entropy": masked_mean(old_pi.entropy(), mask).item(),
+        "policy/kl": kl_after,
+        "policy/entropy": masked_mean(old_pi.entropy(), batch.outer.mask).item(),
         "optim/grad_norm": grad_norm.item(),
     }
 
