@@ -76,7 +76,7 @@ def _print_result(result) -> None:
 def _task_distribution_doc(cls: type) -> str:
     doc = inspect.getdoc(cls) or ""
     match = re.search(r"## Task distribution\n(.*?)(\n## |\Z)", doc, re.S)
-    return " ".join(match.group(1).split()) if match else "(no task distribution documented)"
+    return " ".join(match.group(1).replace("``", "").split()) if match else "(no task distribution documented)"
 
 
 def _envs(args: argparse.Namespace) -> int:
@@ -98,11 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metarl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
         "train",
+        parents=[common],
         help="meta-train a policy from a YAML config",
         description="Meta-train a policy with MAML. Writes a run directory with "
         "config.yaml, TensorBoard events, metrics.jsonl and checkpoints/.",
@@ -124,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser(
         "evaluate",
+        parents=[common],
         help="adaptation curve of a trained policy on held-out tasks",
         description="Adapt a trained policy on held-out tasks for K steps and "
         "report the mean return after 0..K steps with 95%% confidence intervals.",
@@ -136,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="output directory (default: <run>/eval)")
     evaluate.set_defaults(func=_evaluate)
 
-    envs = commands.add_parser("envs", help="list the task families and their task distributions")
+    envs = commands.add_parser("envs", parents=[common], help="list the task families and their task distributions")
     envs.set_defaults(func=_envs)
     return parser
 
