@@ -176,10 +176,9 @@ def test_envs_lists_task_families(capsys):
     assert "observation   Box(-inf, inf, (2,), float32)" in out
     assert "action        Box(-0.1, 0.1, (2,), float32)" in out
     assert (
-        "``GoalTask(goal=(g_x, g_y))`` with the goal uniform in ``[goal_low, goal_high]^2`` (default "
-        "``[-0.5, 0.5]^2``)" in out
+        "GoalTask(goal=(g_x, g_y)) with the goal uniform in [goal_low, goal_high]^2 (default [-0.5, 0.5]^2)" in out
     )
-    assert "a plain ``reset()`` keeps the current task" in out
+    assert "a plain reset() keeps the current task" in out
 
 
 def test_train_end_to_end(trained_run):
