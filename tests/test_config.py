@@ -54,8 +54,8 @@ def test_navigation_experiment():
     assert config.advantages.gamma == 0.99
     assert config.advantages.gae_lambda == 1.0
     assert config.advantages.normalize is True
-    assert config.train.iterations == 300
-    assert config.train.checkpoint_every == 50
+    assert config.train.iterations == 100
+    assert config.train.checkpoint_every == 25
     assert config.evaluation == EvaluationConfig(
         num_tasks=40, adapt_steps=3, episodes_per_task=40, lr=0.1, later_lr_scale=0.5, seed=1
     )
