@@ -6,14 +6,37 @@ Importing this package registers every id; create environments with ``gymnasium.
 
 from gymnasium.envs.registration import register, registry
 
-from envs.navigation import GoalTask, Navigation2DEnv, Navigation2DVectorEnv
+from envs.base import DirectionTask, GoalTask, TaskEnv, VelocityTask
+from envs.locomotion import AntDirEnv, AntGoalEnv, AntVelEnv, HalfCheetahDirEnv, HalfCheetahVelEnv
+from envs.navigation import Navigation2DEnv, Navigation2DVectorEnv
 
-__all__ = ["GoalTask", "Navigation2DEnv", "Navigation2DVectorEnv"]
+__all__ = [
+    "AntDirEnv",
+    "AntGoalEnv",
+    "AntVelEnv",
+    "DirectionTask",
+    "GoalTask",
+    "HalfCheetahDirEnv",
+    "HalfCheetahVelEnv",
+    "Navigation2DEnv",
+    "Navigation2DVectorEnv",
+    "TaskEnv",
+    "VelocityTask",
+]
 
-if "MetaRL/Navigation2D-v0" not in registry:
-    register(
-        id="MetaRL/Navigation2D-v0",
+FAMILIES = {
+    "MetaRL/Navigation2D-v0": dict(
         entry_point="envs.navigation:Navigation2DEnv",
         vector_entry_point="envs.navigation:Navigation2DVectorEnv",
         max_episode_steps=100,
-    )
+    ),
+    "MetaRL/HalfCheetahVel-v0": dict(entry_point="envs.locomotion:HalfCheetahVelEnv", max_episode_steps=100),
+    "MetaRL/HalfCheetahDir-v0": dict(entry_point="envs.locomotion:HalfCheetahDirEnv", max_episode_steps=100),
+    "MetaRL/AntVel-v0": dict(entry_point="envs.locomotion:AntVelEnv", max_episode_steps=100),
+    "MetaRL/AntDir-v0": dict(entry_point="envs.locomotion:AntDirEnv", max_episode_steps=100),
+    "MetaRL/AntGoal-v0": dict(entry_point="envs.locomotion:AntGoalEnv", max_episode_steps=100),
+}
+
+for _id, _spec in FAMILIES.items():
+    if _id not in registry:
+        register(id=_id, **_spec)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -13,35 +12,10 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from numpy.typing import NDArray
 
+from envs.base import GoalTask, TaskEnv, coerce_task, sample_goal_tasks
+
 MAX_SPEED = 0.1
 GOAL_TOLERANCE = 0.01
-
-
-@dataclasses.dataclass(frozen=True)
-class GoalTask:
-    """A goal position; the agent never observes it and must infer it from rewards."""
-
-    goal: tuple[float, float]
-
-    def __post_init__(self) -> None:
-        goal = tuple(float(g) for g in self.goal)
-        if len(goal) != 2 or not all(np.isfinite(goal)):
-            raise ValueError(f"GoalTask.goal must be two finite numbers, got {self.goal!r}")
-        object.__setattr__(self, "goal", goal)
-
-
-def as_goal_task(task: GoalTask | Mapping[str, Any]) -> GoalTask:
-    """Accept a `GoalTask` or its JSON form ``{"goal": [x, y]}``."""
-    if isinstance(task, GoalTask):
-        return task
-    if isinstance(task, Mapping):
-        return GoalTask(**task)
-    raise TypeError(f"expected a GoalTask or a mapping like {{'goal': [x, y]}}, got {type(task).__name__}")
-
-
-def sample_goal_tasks(n: int, rng: np.random.Generator, low: float, high: float) -> list[GoalTask]:
-    """Goals drawn uniformly from the square [low, high]^2."""
-    return [GoalTask(tuple(goal)) for goal in rng.uniform(low, high, size=(n, 2))]
 
 
 def move(position: NDArray[np.float64], action: NDArray[Any], goal: NDArray[np.float64]):
@@ -56,7 +30,7 @@ def move(position: NDArray[np.float64], action: NDArray[Any], goal: NDArray[np.f
     return position, reward, reached
 
 
-class Navigation2DEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
+class Navigation2DEnv(TaskEnv, gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     """Move a point robot from the origin to a goal it cannot see.
 
     ## Observation
@@ -84,6 +58,7 @@ class Navigation2DEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     """
 
     metadata = {"render_modes": []}
+    task_type = GoalTask
 
     def __init__(
         self,
@@ -99,23 +74,8 @@ class Navigation2DEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
         self.task = task if task is not None else GoalTask((0.5, 0.5))
         self._position = np.zeros(2)
 
-    @property
-    def task(self) -> GoalTask:
-        """The current task; assigning a `GoalTask` or ``{"goal": [x, y]}`` switches it."""
-        return self._task
-
-    @task.setter
-    def task(self, task: GoalTask | Mapping[str, Any]) -> None:
-        self._task = as_goal_task(task)
-        self._goal = np.array(self._task.goal)
-
-    def set_task(self, task: GoalTask | Mapping[str, Any]) -> None:
-        """Switch to `task` (the learn2learn / Meta-World spelling of ``env.task = task``)."""
-        self.task = task
-
-    def get_task(self) -> GoalTask:
-        """The current task."""
-        return self.task
+    def _apply_task(self, task: GoalTask) -> None:
+        self._goal = np.array(task.goal)
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[GoalTask]:
         """Draw `n` goals uniformly from ``[goal_low, goal_high]^2`` with the caller's generator."""
@@ -124,7 +84,7 @@ class Navigation2DEnv(gym.Env[NDArray[np.float32], NDArray[np.float32]]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[NDArray[np.float32], dict[str, Any]]:
-        super().reset(seed=seed)
+        gym.Env.reset(self, seed=seed)
         if options and "task" in options:
             self.task = options["task"]
         self._position = np.zeros(2)
@@ -175,7 +135,7 @@ class Navigation2DVectorEnv(VectorEnv):
     def task(self, tasks: Sequence[GoalTask | Mapping[str, Any]]) -> None:
         if len(tasks) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} tasks (one per copy), got {len(tasks)}")
-        self._tasks = tuple(as_goal_task(t) for t in tasks)
+        self._tasks = tuple(coerce_task(GoalTask, t) for t in tasks)
         self._goals = np.array([t.goal for t in self._tasks])
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[GoalTask]:

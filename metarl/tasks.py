@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -123,22 +124,29 @@ class TaskSplits:
         self._train_rng = np.random.default_rng([train_seed, 0])
         self.test = sample_tasks(env, num_test, np.random.default_rng([test_seed, 1]))
         self._test_keys = {json.dumps(task_to_json(t), sort_keys=True) for t in self.test}
+        self.disjoint = True
 
     def sample_train(self, n: int) -> list[Any]:
-        """`n` training tasks, redrawing any that coincide with a test task."""
-        tasks = []
+        """`n` training tasks, redrawing any that coincide with a test task.
+
+        A distribution with too few distinct tasks to hold any out (directions ±1) is sampled as
+        is, with a warning: its "held-out" tasks are then tasks of the training distribution.
+        """
+        tasks: list[Any] = []
         for _ in range(100):
-            tasks += [
-                t
-                for t in sample_tasks(self._env, n - len(tasks), self._train_rng)
-                if json.dumps(task_to_json(t), sort_keys=True) not in self._test_keys
-            ]
+            draws = sample_tasks(self._env, n - len(tasks), self._train_rng)
+            if not self.disjoint:
+                return tasks + draws
+            tasks += [t for t in draws if json.dumps(task_to_json(t), sort_keys=True) not in self._test_keys]
             if len(tasks) == n:
                 return tasks
-        raise EnvError(
-            "could not draw training tasks distinct from the held-out test tasks: the task "
-            "distribution has too few distinct tasks for a held-out split"
+        self.disjoint = False
+        warnings.warn(
+            "the task distribution has too few distinct tasks for a held-out split; training samples "
+            "it as is, so the test tasks also occur in training",
+            stacklevel=2,
         )
+        return tasks + sample_tasks(self._env, n - len(tasks), self._train_rng)
 
     def state(self) -> dict[str, Any]:
         """Generator state, for checkpoints."""

@@ -21,7 +21,7 @@ def metarl_ids():
 
 
 def test_registered_ids_include_navigation():
-    assert envs.__all__ == ["GoalTask", "Navigation2DEnv", "Navigation2DVectorEnv"]
+    assert {"GoalTask", "Navigation2DEnv", "Navigation2DVectorEnv"} <= set(envs.__all__)
     assert ENV_ID in metarl_ids()
     assert gym.spec(ENV_ID).max_episode_steps == 100
 
@@ -29,7 +29,7 @@ def test_registered_ids_include_navigation():
 @pytest.mark.parametrize("env_id", metarl_ids())
 def test_check_env_passes(env_id):
     env = gym.make(env_id)
-    check_env(env.unwrapped)
+    check_env(env.unwrapped, skip_render_check=True)
     env.close()
 
 
@@ -378,10 +378,13 @@ def test_task_splits_filter_out_test_tasks_when_draws_collide():
         seen |= keys
     assert seen == set(range(10)) - test_keys
 
-    # Every task held out: no training task can be drawn, and the error says why.
+    # Every task held out (a finite family such as directions ±1): training samples the whole
+    # distribution, says so once, and stops filtering.
     greedy = metarl.tasks.TaskSplits(env, train_seed=0, test_seed=1, num_test=200)
-    with pytest.raises(metarl.tasks.EnvError, match="too few distinct tasks"):
-        greedy.sample_train(1)
+    with pytest.warns(UserWarning, match="too few distinct tasks"):
+        assert len(greedy.sample_train(4)) == 4
+    assert not greedy.disjoint
+    assert len(greedy.sample_train(4)) == 4
 
 
 def test_unknown_env_id_lists_known_families():

@@ -79,3 +79,21 @@ def test_load_adapt_and_act_like_a_robot(tmp_path):
     action = adapted.act(obs)
     assert action.shape == (2,) and np.all(np.abs(action) <= 0.1)
     env.step(action)
+
+
+@pytest.mark.filterwarnings("ignore:the task distribution has too few distinct tasks")
+@pytest.mark.parametrize(
+    "env_id",
+    [
+        "MetaRL/HalfCheetahVel-v0",
+        "MetaRL/HalfCheetahDir-v0",
+        "MetaRL/AntVel-v0",
+        "MetaRL/AntDir-v0",
+        "MetaRL/AntGoal-v0",
+    ],
+)
+def test_mujoco_families_train_and_evaluate(tmp_path, env_id):
+    run_dir, metrics = run(tmp_path, "mujoco", f"env.id={env_id}", "env.horizon=8", "train.iterations=2")
+    assert len(metrics) == 2 and all(np.isfinite(m["returns/post_adaptation"]) for m in metrics)
+    result = metarl.evaluate(run_dir, num_tasks=2, adapt_steps=1, episodes_per_task=2)
+    assert result.returns["maml"].shape == (2, 2)
