@@ -7,21 +7,37 @@ Importing this package registers every id; create environments with ``gymnasium.
 from gymnasium.envs.registration import register, registry
 
 from envs.base import DirectionTask, GoalTask, TaskEnv, VelocityTask
+from envs.dynamics import (
+    AntCrippledEnv,
+    AntRandParamsEnv,
+    DynamicsTask,
+    HalfCheetahCrippledEnv,
+    HalfCheetahRandParamsEnv,
+    HopperRandParamsEnv,
+    Walker2dRandParamsEnv,
+)
 from envs.locomotion import AntDirEnv, AntGoalEnv, AntVelEnv, HalfCheetahDirEnv, HalfCheetahVelEnv
 from envs.navigation import Navigation2DEnv, Navigation2DVectorEnv
 
 __all__ = [
+    "AntCrippledEnv",
     "AntDirEnv",
     "AntGoalEnv",
+    "AntRandParamsEnv",
     "AntVelEnv",
     "DirectionTask",
+    "DynamicsTask",
     "GoalTask",
+    "HalfCheetahCrippledEnv",
     "HalfCheetahDirEnv",
+    "HalfCheetahRandParamsEnv",
     "HalfCheetahVelEnv",
+    "HopperRandParamsEnv",
     "Navigation2DEnv",
     "Navigation2DVectorEnv",
     "TaskEnv",
     "VelocityTask",
+    "Walker2dRandParamsEnv",
 ]
 
 FAMILIES = {
@@ -35,6 +51,17 @@ FAMILIES = {
     "MetaRL/AntVel-v0": dict(entry_point="envs.locomotion:AntVelEnv", max_episode_steps=100),
     "MetaRL/AntDir-v0": dict(entry_point="envs.locomotion:AntDirEnv", max_episode_steps=100),
     "MetaRL/AntGoal-v0": dict(entry_point="envs.locomotion:AntGoalEnv", max_episode_steps=100),
+    **{
+        f"MetaRL/{name}-v0": dict(entry_point=f"envs.dynamics:{name}Env", max_episode_steps=200)
+        for name in (
+            "HalfCheetahRandParams",
+            "HopperRandParams",
+            "Walker2dRandParams",
+            "AntRandParams",
+            "HalfCheetahCrippled",
+            "AntCrippled",
+        )
+    },
 }
 
 for _id, _spec in FAMILIES.items():

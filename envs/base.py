@@ -56,6 +56,16 @@ def sample_goal_tasks(n: int, rng: np.random.Generator, low: float, high: float)
     return [GoalTask(tuple(goal)) for goal in rng.uniform(low, high, size=(n, 2))]
 
 
+def sample_goal_ring(n: int, rng: np.random.Generator, inner: float, outer: float) -> list[GoalTask]:
+    """Goals uniform in the square frame ``inner < max(|x|, |y|) <= outer`` (outside the training square)."""
+    goals = []
+    while len(goals) < n:
+        goal = rng.uniform(-outer, outer, size=2)
+        if np.abs(goal).max() > inner:
+            goals.append(GoalTask(tuple(goal)))
+    return goals
+
+
 def coerce_task(task_type: type, task: Any) -> Any:
     """Accept a task of `task_type` or its JSON form (a mapping of its fields)."""
     if isinstance(task, task_type):

@@ -19,7 +19,7 @@ from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
-from envs.base import DirectionTask, GoalTask, TaskEnv, VelocityTask, sample_goal_tasks
+from envs.base import DirectionTask, GoalTask, TaskEnv, VelocityTask, sample_goal_ring, sample_goal_tasks
 
 
 def sample_velocities(n: int, rng: np.random.Generator, low: float, high: float) -> list[VelocityTask]:
@@ -47,7 +47,8 @@ class HalfCheetahVelEnv(TaskEnv, HalfCheetahEnv):
     Never terminates; truncated after 100 steps (``max_episode_steps``).
 
     ## Task distribution
-    ``VelocityTask(velocity=v*)`` with v* uniform in [velocity_low, velocity_high] (default [0, 2]).
+    ``VelocityTask(velocity=v*)`` with v* uniform in [velocity_low, velocity_high] (default [0, 2]);
+    out of distribution, v* in [velocity_high, velocity_high + 1].
     """
 
     task_type = VelocityTask
@@ -69,6 +70,10 @@ class HalfCheetahVelEnv(TaskEnv, HalfCheetahEnv):
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
         """Target velocities uniform in ``[velocity_low, velocity_high]``."""
         return sample_velocities(n, rng, self.velocity_low, self.velocity_high)
+
+    def sample_ood_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
+        """Out of distribution: velocities above the training range, up to ``velocity_high + 1``."""
+        return sample_velocities(n, rng, self.velocity_high, self.velocity_high + 1.0)
 
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
         forward = -abs(x_velocity - self.task.velocity)
@@ -143,7 +148,8 @@ class AntVelEnv(_AntTaskEnv):
     Terminated when unhealthy; truncated after 100 steps.
 
     ## Task distribution
-    ``VelocityTask(velocity=v*)`` with v* uniform in [velocity_low, velocity_high] (default [0, 3]).
+    ``VelocityTask(velocity=v*)`` with v* uniform in [velocity_low, velocity_high] (default [0, 3]);
+    out of distribution, v* in [velocity_high, velocity_high + 1].
     """
 
     task_type = VelocityTask
@@ -163,6 +169,10 @@ class AntVelEnv(_AntTaskEnv):
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
         """Target velocities uniform in ``[velocity_low, velocity_high]``."""
         return sample_velocities(n, rng, self.velocity_low, self.velocity_high)
+
+    def sample_ood_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
+        """Out of distribution: velocities above the training range, up to ``velocity_high + 1``."""
+        return sample_velocities(n, rng, self.velocity_high, self.velocity_high + 1.0)
 
     def _goal_reward(self, x_velocity: float) -> float:
         return -abs(x_velocity - self.task.velocity) + 1.0
@@ -209,7 +219,8 @@ class AntGoalEnv(_AntTaskEnv):
     Terminated when unhealthy; truncated after 100 steps.
 
     ## Task distribution
-    ``GoalTask(goal=(g_x, g_y))`` uniform in [goal_low, goal_high]² (default [-3, 3]²).
+    ``GoalTask(goal=(g_x, g_y))`` uniform in [goal_low, goal_high]² (default [-3, 3]²); out of
+    distribution, goals outside that square with max(|g_x|, |g_y|) up to 4.
     """
 
     task_type = GoalTask
@@ -229,6 +240,10 @@ class AntGoalEnv(_AntTaskEnv):
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[GoalTask]:
         """Goals uniform in ``[goal_low, goal_high]^2``."""
         return sample_goal_tasks(n, rng, self.goal_low, self.goal_high)
+
+    def sample_ood_tasks(self, n: int, rng: np.random.Generator) -> list[GoalTask]:
+        """Out of distribution: goals outside the training square, up to 4/3 as far."""
+        return sample_goal_ring(n, rng, self.goal_high, self.goal_high * 4 / 3)
 
     def _goal_reward(self, x_velocity: float) -> float:
         xy = self.data.qpos[:2]  # the torso's position after the step, as info["x_position"], ["y_position"]

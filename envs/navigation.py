@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from numpy.typing import NDArray
 
-from envs.base import GoalTask, TaskEnv, coerce_task, sample_goal_tasks
+from envs.base import GoalTask, TaskEnv, coerce_task, sample_goal_ring, sample_goal_tasks
 
 MAX_SPEED = 0.1
 GOAL_TOLERANCE = 0.01
@@ -49,8 +49,9 @@ class Navigation2DEnv(TaskEnv, gym.Env[NDArray[np.float32], NDArray[np.float32]]
 
     ## Task distribution
     ``GoalTask(goal=(g_x, g_y))`` with the goal uniform in ``[goal_low, goal_high]^2`` (default
-    ``[-0.5, 0.5]^2``). Set with ``reset(options={"task": task})``, ``env.set_task(task)`` or
-    ``env.task = task``; a plain ``reset()`` keeps the current task. ``info["task"]`` echoes it.
+    ``[-0.5, 0.5]^2``); out of distribution, goals up to twice as far (outside that square). Set
+    with ``reset(options={"task": task})``, ``env.set_task(task)`` or ``env.task = task``; a plain
+    ``reset()`` keeps the current task. ``info["task"]`` echoes it.
 
     ## Arguments
     - ``goal_low``, ``goal_high``: bounds of the goal square used by ``sample_tasks``.
@@ -80,6 +81,10 @@ class Navigation2DEnv(TaskEnv, gym.Env[NDArray[np.float32], NDArray[np.float32]]
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[GoalTask]:
         """Draw `n` goals uniformly from ``[goal_low, goal_high]^2`` with the caller's generator."""
         return sample_goal_tasks(n, rng, self.goal_low, self.goal_high)
+
+    def sample_ood_tasks(self, n: int, rng: np.random.Generator) -> list[GoalTask]:
+        """Out of distribution: goals up to twice as far, outside the training square."""
+        return sample_goal_ring(n, rng, max(abs(self.goal_low), abs(self.goal_high)), 2 * self.goal_high)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

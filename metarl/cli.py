@@ -55,7 +55,7 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from metarl.evaluation import evaluate
 
-    result = evaluate(args.run, args.tasks, args.adapt_steps, args.episodes, args.seed, args.out)
+    result = evaluate(args.run, args.tasks, args.adapt_steps, args.episodes, args.seed, args.out, args.split)
     _print_result(result)
     return 0
 
@@ -63,7 +63,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _print_result(result) -> None:
     p = result.protocol
     print(
-        f"\n{result.env_id}: mean return over {len(result.tasks)} held-out tasks (± 95% CI), "
+        f"\n{result.env_id}: mean return over {len(result.tasks)} "
+        f"{'held-out' if p['split'] == 'test' else 'out-of-distribution'} tasks (± 95% CI), "
         f"{p['episodes_per_task']} episodes per step, step size {p['lr']} then {p['lr'] * p['later_lr_scale']:g}\n"
     )
     print(result.table())
@@ -136,7 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--adapt-steps", type=int, help="adaptation steps K (default: config, 3)")
     evaluate.add_argument("--episodes", type=int, help="episodes per task per step (default: config)")
     evaluate.add_argument("--seed", type=int, help="seed of the sampling noise (default: config)")
-    evaluate.add_argument("--out", help="output directory (default: <run>/eval)")
+    evaluate.add_argument(
+        "--split",
+        choices=["test", "ood"],
+        default="test",
+        help="test: held-out tasks of the training distribution; ood: tasks outside it (default: test)",
+    )
+    evaluate.add_argument("--out", help="output directory (default: <run>/eval, or <run>/eval_ood)")
     evaluate.set_defaults(func=_evaluate)
 
     envs = commands.add_parser("envs", parents=[common], help="list the task families and their task distributions")

@@ -45,8 +45,11 @@ class PolicyConfig:
     init_std: float = 1.0
     """Initial standard deviation of the Gaussian policy (in the policy's action units)."""
     action_scaling: Literal["normalize", "clip"] = "normalize"
-    """``normalize``: the policy acts in [-1, 1], clipped and mapped linearly onto the env's action
-    bounds (as the MAML paper's rllab ``normalize`` wrapper). ``clip``: raw actions clipped to the bounds."""
+    """``normalize``: the policy acts in [-action_bound, action_bound], clipped and mapped linearly onto
+    the env's action bounds (the MAML paper's rllab ``normalize`` wrapper). ``clip``: raw actions
+    clipped to the bounds."""
+    action_bound: float = 1.0
+    """Half-width of the policy's action range under ``normalize`` (pytorch-maml-rl uses 10 for MuJoCo)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +143,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "env.horizon": (lambda v: v is None or v > 0, "a positive integer or null"),
     "policy.hidden_sizes": (lambda v: all(h > 0 for h in v), "a list of positive integers"),
     "policy.init_std": (lambda v: v > 0, "positive"),
+    "policy.action_bound": (lambda v: v > 0, "positive"),
     "inner.lr": (lambda v: v >= 0, "non-negative"),
     "inner.steps": (lambda v: v >= 1, "at least 1"),
     "inner.episodes_per_task": (lambda v: v >= 1, "at least 1"),

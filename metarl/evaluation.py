@@ -74,7 +74,10 @@ class MetaPolicy:
         policy-gradient step on them, and repeat `steps` times. `env` is an environment instance
         (its current task is used, never read) or a Gymnasium id."""
         env = make_env(env) if isinstance(env, str) else env
-        sampler = Sampler.for_env(env, self.config.env.horizon, self.config.policy.action_scaling, seed or 0)
+        policy_config = self.config.policy
+        sampler = Sampler.for_env(
+            env, self.config.env.horizon, policy_config.action_scaling, seed or 0, policy_config.action_bound
+        )
         params = per_task(self.params, 1)
         for _ in range(steps):
             batch = concat_episodes(
@@ -102,7 +105,7 @@ class MetaPolicy:
         space = action_space or self._action_space
         if space is None:
             raise ValueError("pass action_space= (or call adapt(env) first) so the action can be scaled to the env")
-        return env_actions(action.numpy(), space, self.config.policy.action_scaling)
+        return env_actions(action.numpy(), space, self.config.policy.action_scaling, self.config.policy.action_bound)
 
 
 def load(path: str | Path) -> MetaPolicy:
@@ -246,12 +249,17 @@ def evaluate(
     episodes_per_task: int | None = None,
     seed: int | None = None,
     out_dir: str | Path | None = None,
+    split: str = "test",
 ) -> EvaluationResult:
-    """Evaluate the meta-policy of a run directory or checkpoint on its held-out test tasks.
+    """Evaluate the meta-policy of a run directory or checkpoint on unseen tasks.
 
+    ``split="test"``: the held-out tasks of the training distribution (never trained on);
+    ``split="ood"``: tasks outside the training distribution, where the family defines them.
     Unset arguments take the run's ``evaluation`` config. Results are written to `out_dir`
-    (default: ``<run dir>/eval``).
+    (default: ``<run dir>/eval``, or ``eval_ood``).
     """
+    if split not in ("test", "ood"):
+        raise ValueError(f"split must be 'test' or 'ood', got {split!r}")
     meta_policy = load(path)
     checkpoint = meta_policy.checkpoint
     overrides = {
@@ -273,11 +281,13 @@ def evaluate(
         config.env.horizon,
         config.policy.action_scaling,
         seed=protocol["seed"],
+        action_bound=config.policy.action_bound,
     )
     try:
         # The held-out tasks are those the run kept out of training, whatever --seed says about sampling noise.
         task_seed = meta_policy.config.evaluation.seed
-        tasks = TaskSplits(sampler.env, config.train.seed, task_seed, protocol["num_tasks"]).test
+        splits = TaskSplits(sampler.env, config.train.seed, task_seed, protocol["num_tasks"])
+        tasks = splits.test if split == "test" else splits.ood(protocol["num_tasks"])
         returns = adaptation_curve(
             meta_policy.policy,
             meta_policy.params,
@@ -290,15 +300,14 @@ def evaluate(
         )
     finally:
         sampler.close()
-    protocol.update(checkpoint=checkpoint["path"], iteration=checkpoint["iteration"], task_seed=task_seed)
+    protocol.update(checkpoint=checkpoint["path"], iteration=checkpoint["iteration"], task_seed=task_seed, split=split)
     result = EvaluationResult(config.env.id, list(tasks), {"maml": returns}, protocol)
     if out_dir is None:
         checkpoint_path = Path(checkpoint["path"])
-        out_dir = (
-            checkpoint_path.parent.parent / "eval"
-            if checkpoint_path.parent.name == "checkpoints"
-            else checkpoint_path.parent / "eval"
+        run_dir = (
+            checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" else checkpoint_path.parent
         )
+        out_dir = run_dir / ("eval" if split == "test" else f"eval_{split}")
     result.save(Path(out_dir))
     result.protocol["out_dir"] = str(out_dir)
     return result

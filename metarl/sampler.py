@@ -52,10 +52,10 @@ class Episodes:
         return int(self.mask.sum().item())
 
 
-def env_actions(actions: np.ndarray, space: gym.Space, scaling: str) -> np.ndarray:
+def env_actions(actions: np.ndarray, space: gym.Space, scaling: str, bound: float = 1.0) -> np.ndarray:
     """Map policy actions to the environment's action space.
 
-    ``normalize``: the policy acts in [-1, 1]; actions are clipped and mapped linearly onto
+    ``normalize``: the policy acts in [-bound, bound]; actions are clipped and mapped linearly onto
     ``[low, high]``. ``clip``: clipped to ``[low, high]``. Discrete actions pass through.
     """
     if isinstance(space, spaces.Discrete):
@@ -63,7 +63,8 @@ def env_actions(actions: np.ndarray, space: gym.Space, scaling: str) -> np.ndarr
     if not isinstance(space, spaces.Box):
         raise TypeError(f"unsupported action space {space}; metarl handles Box and Discrete actions")
     if scaling == "normalize":
-        return (space.low + (np.clip(actions, -1.0, 1.0) + 1.0) * 0.5 * (space.high - space.low)).astype(space.dtype)
+        unit = np.clip(actions / bound, -1.0, 1.0)
+        return (space.low + (unit + 1.0) * 0.5 * (space.high - space.low)).astype(space.dtype)
     return np.clip(actions, space.low, space.high).astype(space.dtype)
 
 
@@ -75,7 +76,7 @@ class Sampler:
         episodes_per_task: E, the number of episodes per task per call.
         env_kwargs: constructor arguments for the environment.
         horizon: episode length (default: the id's ``max_episode_steps``).
-        action_scaling: ``normalize`` or ``clip``; see `env_actions`.
+        action_scaling, action_bound: how policy actions map to the env's; see `env_actions`.
         seed: seeds the environment resets.
         device: where the episode tensors live.
     """
@@ -89,10 +90,11 @@ class Sampler:
         action_scaling: str = "normalize",
         seed: int = 0,
         device: str | torch.device = "cpu",
+        action_bound: float = 1.0,
     ) -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
         self.episodes_per_task = episodes_per_task
-        self.action_scaling = action_scaling
+        self.action_scaling, self.action_bound = action_scaling, action_bound
         self.device = torch.device(device)
         self.rng = np.random.default_rng([seed, 2])
         self.env = make_env(env_id, self.env_kwargs, horizon)
@@ -103,13 +105,19 @@ class Sampler:
 
     @classmethod
     def for_env(
-        cls, env: gym.Env, horizon: int | None = None, action_scaling: str = "normalize", seed: int = 0
+        cls,
+        env: gym.Env,
+        horizon: int | None = None,
+        action_scaling: str = "normalize",
+        seed: int = 0,
+        action_bound: float = 1.0,
     ) -> Sampler:
         """A sampler that runs one episode at a time on an existing environment instance (e.g. a
         robot whose task is unknown): `sample` then takes ``tasks=None``."""
         sampler = cls.__new__(cls)
         sampler.env_id, sampler.env_kwargs, sampler.episodes_per_task = None, {}, 1
-        sampler.action_scaling, sampler.device = action_scaling, torch.device("cpu")
+        sampler.action_scaling, sampler.action_bound = action_scaling, action_bound
+        sampler.device = torch.device("cpu")
         sampler.rng = np.random.default_rng([seed, 2])
         sampler.env, sampler.horizon = env, horizon_of(env, horizon)
         sampler.observation_space, sampler.action_space = env.observation_space, env.action_space
@@ -152,7 +160,9 @@ class Sampler:
             steps["mask"].append(torch.as_tensor(alive, dtype=torch.float32).reshape(num_tasks, num_episodes))
 
             flat = action.reshape(envs.num_envs, *action.shape[2:]).cpu().numpy()
-            obs, reward, terminated, truncated, _ = envs.step(env_actions(flat, self.action_space, self.action_scaling))
+            obs, reward, terminated, truncated, _ = envs.step(
+                env_actions(flat, self.action_space, self.action_scaling, self.action_bound)
+            )
             _check_finite(reward, "rewards", tasks, num_episodes)
             reward = np.where(alive, reward, 0.0)
             steps["rewards"].append(torch.as_tensor(reward, dtype=torch.float32).reshape(num_tasks, num_episodes))

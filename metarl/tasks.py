@@ -116,11 +116,12 @@ class TaskSplits:
     """Reproducible, disjoint train and test task sets for one task distribution.
 
     Test tasks are the first draws of a generator seeded with `test_seed`; training tasks come from
-    a generator seeded with `train_seed` and never include a test task.
+    a generator seeded with `train_seed` and never include a test task. Out-of-distribution tasks
+    (`ood`) come from the family's ``sample_ood_tasks(n, rng)`` where it defines one.
     """
 
     def __init__(self, env: gym.Env | VectorEnv, train_seed: int, test_seed: int, num_test: int) -> None:
-        self._env = env
+        self._env, self._test_seed = env, test_seed
         self._train_rng = np.random.default_rng([train_seed, 0])
         self.test = sample_tasks(env, num_test, np.random.default_rng([test_seed, 1]))
         self._test_keys = {json.dumps(task_to_json(t), sort_keys=True) for t in self.test}
@@ -147,6 +148,17 @@ class TaskSplits:
             stacklevel=2,
         )
         return tasks + sample_tasks(self._env, n - len(tasks), self._train_rng)
+
+    def ood(self, n: int) -> list[Any]:
+        """`n` tasks outside the training distribution, from the family's ``sample_ood_tasks``."""
+        try:
+            sampler = self._env.get_wrapper_attr("sample_ood_tasks")
+        except AttributeError:
+            raise EnvError(
+                f"{self._env.spec.id if self._env.spec else self._env} defines no out-of-distribution "
+                "split (no sample_ood_tasks(n, rng) method); use --split test"
+            ) from None
+        return list(sampler(n, np.random.default_rng([self._test_seed, 3])))
 
     def state(self) -> dict[str, Any]:
         """Generator state, for checkpoints."""

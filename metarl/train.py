@@ -83,6 +83,7 @@ def train(config: Config, run_dir: Path | None = None, progress: bool = True) ->
         config.policy.action_scaling,
         seed=config.train.seed,
         device=config.train.device,
+        action_bound=config.policy.action_bound,
     )
     policy = make_policy(
         sampler.observation_space,

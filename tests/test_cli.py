@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,9 +178,7 @@ def test_envs_lists_task_families(capsys):
     assert lines[navigation + 1].split() == ["horizon", "100"]
     assert "observation   Box(-inf, inf, (2,), float32)" in out
     assert "action        Box(-0.1, 0.1, (2,), float32)" in out
-    assert (
-        "GoalTask(goal=(g_x, g_y)) with the goal uniform in [goal_low, goal_high]^2 (default [-0.5, 0.5]^2)" in out
-    )
+    assert "GoalTask(goal=(g_x, g_y)) with the goal uniform in [goal_low, goal_high]^2 (default [-0.5, 0.5]^2)" in out
     assert "a plain reset() keeps the current task" in out
 
 
@@ -260,3 +259,15 @@ def test_evaluate_rejects_zero_tasks(trained_run, tmp_path, capsys):
     assert "'evaluation.num_tasks' must be at least 1, got 0" in err
     assert "Traceback" not in err
     assert not out_dir.exists()
+
+
+def test_evaluate_out_of_distribution_split(trained_run, tmp_path, capsys):
+    assert (
+        main(["evaluate", str(trained_run["run"]), "--split", "ood", "--tasks", "3", "--out", str(tmp_path / "ood")])
+        == 0
+    )
+    assert "out-of-distribution tasks" in capsys.readouterr().out
+    data = json.loads((tmp_path / "ood" / "eval.json").read_text())
+    goals = np.array([t["goal"] for t in data["tasks"]])
+    assert data["protocol"]["split"] == "ood" and len(goals) == 3
+    assert np.all(np.abs(goals).max(axis=1) > 0.5) and np.all(np.abs(goals) <= 1.0)
