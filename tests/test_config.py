@@ -223,3 +223,11 @@ def test_override_below_a_scalar_is_a_config_error():
         load_config(None, ["inner=3", "inner.lr=1"])
     with pytest.raises(ConfigError):
         load_config(None, ["inner.lr=1", "inner.lr.x=2"])
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("experiments/*.yaml")))
+def test_every_experiment_config_loads_and_names_a_registered_family(path):
+    from metarl.tasks import ensure_registered
+
+    config = load_config(path)
+    ensure_registered(config.env.id)
