@@ -27,12 +27,33 @@ def sample_velocities(n: int, rng: np.random.Generator, low: float, high: float)
     return [VelocityTask(float(v)) for v in rng.uniform(low, high, size=n)]
 
 
-def sample_directions(n: int, rng: np.random.Generator) -> list[DirectionTask]:
-    """Directions +1 / -1 with equal probability."""
-    return [DirectionTask(int(d)) for d in rng.choice([-1, 1], size=n)]
+class VelocityFamily(TaskEnv):
+    """Mixin: tasks are target velocities uniform in ``[velocity_low, velocity_high]``."""
+
+    task_type = VelocityTask
+    velocity_low: float
+    velocity_high: float
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
+        """Target velocities uniform in ``[velocity_low, velocity_high]``."""
+        return sample_velocities(n, rng, self.velocity_low, self.velocity_high)
+
+    def sample_ood_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
+        """Out of distribution: velocities above the training range, up to ``velocity_high + 1``."""
+        return sample_velocities(n, rng, self.velocity_high, self.velocity_high + 1.0)
 
 
-class HalfCheetahVelEnv(TaskEnv, HalfCheetahEnv):
+class DirectionFamily(TaskEnv):
+    """Mixin: tasks are directions +1 / -1 with equal probability."""
+
+    task_type = DirectionTask
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[DirectionTask]:
+        """Directions +1 / -1 with equal probability."""
+        return [DirectionTask(int(d)) for d in rng.choice([-1, 1], size=n)]
+
+
+class HalfCheetahVelEnv(VelocityFamily, HalfCheetahEnv):
     """HalfCheetah that must run at a target forward velocity.
 
     ## Observation, action, dynamics
@@ -51,8 +72,6 @@ class HalfCheetahVelEnv(TaskEnv, HalfCheetahEnv):
     out of distribution, v* in [velocity_high, velocity_high + 1].
     """
 
-    task_type = VelocityTask
-
     def __init__(
         self,
         velocity_low: float = 0.0,
@@ -67,21 +86,13 @@ class HalfCheetahVelEnv(TaskEnv, HalfCheetahEnv):
         self.velocity_low, self.velocity_high = float(velocity_low), float(velocity_high)
         self.task = task if task is not None else VelocityTask(1.0)
 
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
-        """Target velocities uniform in ``[velocity_low, velocity_high]``."""
-        return sample_velocities(n, rng, self.velocity_low, self.velocity_high)
-
-    def sample_ood_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
-        """Out of distribution: velocities above the training range, up to ``velocity_high + 1``."""
-        return sample_velocities(n, rng, self.velocity_high, self.velocity_high + 1.0)
-
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
         forward = -abs(x_velocity - self.task.velocity)
         ctrl = -self.control_cost(action)
         return forward + ctrl, {"reward_forward": forward, "reward_ctrl": ctrl}
 
 
-class HalfCheetahDirEnv(TaskEnv, HalfCheetahEnv):
+class HalfCheetahDirEnv(DirectionFamily, HalfCheetahEnv):
     """HalfCheetah that must run forward or backward.
 
     ## Observation, action, dynamics
@@ -97,18 +108,12 @@ class HalfCheetahDirEnv(TaskEnv, HalfCheetahEnv):
     ``DirectionTask(direction=d)`` with d = +1 or -1 with equal probability.
     """
 
-    task_type = DirectionTask
-
     def __init__(
         self, task: DirectionTask | Mapping[str, Any] | None = None, ctrl_cost_weight: float = 0.05, **kwargs: Any
     ) -> None:
         HalfCheetahEnv.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         utils.EzPickle.__init__(self, task, ctrl_cost_weight, **kwargs)
         self.task = task if task is not None else DirectionTask(1)
-
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[DirectionTask]:
-        """Directions +1 / -1 with equal probability."""
-        return sample_directions(n, rng)
 
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
         forward = self.task.direction * x_velocity
@@ -137,7 +142,7 @@ class _AntTaskEnv(TaskEnv, AntEnv):
         return sum(terms.values()), terms
 
 
-class AntVelEnv(_AntTaskEnv):
+class AntVelEnv(VelocityFamily, _AntTaskEnv):
     """Ant that must walk forward at a target velocity.
 
     ## Reward
@@ -152,8 +157,6 @@ class AntVelEnv(_AntTaskEnv):
     out of distribution, v* in [velocity_high, velocity_high + 1].
     """
 
-    task_type = VelocityTask
-
     def __init__(
         self,
         velocity_low: float = 0.0,
@@ -166,19 +169,11 @@ class AntVelEnv(_AntTaskEnv):
         self.velocity_low, self.velocity_high = float(velocity_low), float(velocity_high)
         self.task = task if task is not None else VelocityTask(1.0)
 
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
-        """Target velocities uniform in ``[velocity_low, velocity_high]``."""
-        return sample_velocities(n, rng, self.velocity_low, self.velocity_high)
-
-    def sample_ood_tasks(self, n: int, rng: np.random.Generator) -> list[VelocityTask]:
-        """Out of distribution: velocities above the training range, up to ``velocity_high + 1``."""
-        return sample_velocities(n, rng, self.velocity_high, self.velocity_high + 1.0)
-
     def _goal_reward(self, x_velocity: float) -> float:
         return -abs(x_velocity - self.task.velocity) + 1.0
 
 
-class AntDirEnv(_AntTaskEnv):
+class AntDirEnv(DirectionFamily, _AntTaskEnv):
     """Ant that must walk forward or backward along x.
 
     ## Reward
@@ -192,16 +187,10 @@ class AntDirEnv(_AntTaskEnv):
     ``DirectionTask(direction=d)`` with d = +1 or -1 with equal probability.
     """
 
-    task_type = DirectionTask
-
     def __init__(self, task: DirectionTask | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         utils.EzPickle.__init__(self, task, **kwargs)
         self.task = task if task is not None else DirectionTask(1)
-
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> list[DirectionTask]:
-        """Directions +1 / -1 with equal probability."""
-        return sample_directions(n, rng)
 
     def _goal_reward(self, x_velocity: float) -> float:
         return self.task.direction * x_velocity

@@ -274,15 +274,7 @@ def evaluate(
     protocol = dataclasses.asdict(config.evaluation)
     protocol["lr"] = protocol["lr"] if protocol["lr"] is not None else config.inner.lr
     torch.manual_seed(protocol["seed"])
-    sampler = Sampler(
-        config.env.id,
-        protocol["episodes_per_task"],
-        config.env.kwargs,
-        config.env.horizon,
-        config.policy.action_scaling,
-        seed=protocol["seed"],
-        action_bound=config.policy.action_bound,
-    )
+    sampler = Sampler.from_config(config, protocol["episodes_per_task"], seed=protocol["seed"])
     try:
         # The held-out tasks are those the run kept out of training, whatever --seed says about sampling noise.
         task_seed = meta_policy.config.evaluation.seed

@@ -19,6 +19,7 @@ from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 from torch import Tensor, nn
 
+from metarl.config import Config
 from metarl.functional import Params, distribution, per_task
 from metarl.tasks import horizon_of, make_env, make_vector_env, set_tasks
 
@@ -102,6 +103,20 @@ class Sampler:
         self.observation_space = self.env.observation_space
         self.action_space = self.env.action_space
         self._vector_envs: dict[int, VectorEnv] = {}
+
+    @classmethod
+    def from_config(cls, config: Config, episodes_per_task: int | None = None, seed: int | None = None) -> Sampler:
+        """The sampler a config describes (``inner.episodes_per_task`` and ``train.seed`` by default)."""
+        return cls(
+            config.env.id,
+            episodes_per_task or config.inner.episodes_per_task,
+            config.env.kwargs,
+            config.env.horizon,
+            config.policy.action_scaling,
+            seed=config.train.seed if seed is None else seed,
+            device=config.train.device,
+            action_bound=config.policy.action_bound,
+        )
 
     @classmethod
     def for_env(

@@ -75,16 +75,7 @@ def train(config: Config, run_dir: Path | None = None, progress: bool = True) ->
         torch.set_num_threads(config.train.num_threads)
     run_dir = run_dir or make_run_dir(config)
     (run_dir / "config.yaml").write_text(config.to_yaml())
-    sampler = Sampler(
-        config.env.id,
-        config.inner.episodes_per_task,
-        config.env.kwargs,
-        config.env.horizon,
-        config.policy.action_scaling,
-        seed=config.train.seed,
-        device=config.train.device,
-        action_bound=config.policy.action_bound,
-    )
+    sampler = Sampler.from_config(config)
     policy = make_policy(
         sampler.observation_space,
         sampler.action_space,

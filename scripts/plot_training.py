@@ -1,6 +1,6 @@
 """Plot the pre- and post-adaptation return curves of one or more runs from their metrics.jsonl.
 
-    python scripts/plot_training.py runs/<run> [runs/<other> ...] --out training.png
+python scripts/plot_training.py runs/<run> [runs/<other> ...] --out training.png
 """
 
 from __future__ import annotations
