@@ -93,24 +93,28 @@ class RandParamsEnv(DynamicsTaskEnv):
         self.randomize, self.log_scale_limit, self.base = tuple(randomize), float(log_scale_limit), float(base)
         self._store_nominal()
 
-    def _draw(self, n: int, rng: np.random.Generator, low: float, high: float) -> list[DynamicsTask]:
+    def _draw(self, n: int, rng: np.random.Generator, ood: bool) -> list[DynamicsTask]:
+        limit = self.log_scale_limit
         tasks = []
         for _ in range(n):
             scales = {}
             for name in self.randomize:
-                exponent = rng.uniform(low, high, size=self._nominal[name].size)
-                sign = rng.choice([-1.0, 1.0], size=exponent.shape) if low > 0 else 1.0
-                scales[name] = tuple(self.base ** (sign * exponent))
+                size = self._nominal[name].size
+                if ood:  # magnitude beyond the training range, either sign
+                    exponent = rng.uniform(limit, limit + 1.0, size=size) * rng.choice([-1.0, 1.0], size=size)
+                else:
+                    exponent = rng.uniform(-limit, limit, size=size)
+                scales[name] = tuple(self.base**exponent)
             tasks.append(DynamicsTask(**scales))
         return tasks
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[DynamicsTask]:
         """Factors ``base ** U[-limit, limit]`` for every element of every enabled field."""
-        return self._draw(n, rng, -self.log_scale_limit, self.log_scale_limit)
+        return self._draw(n, rng, ood=False)
 
     def sample_ood_tasks(self, n: int, rng: np.random.Generator) -> list[DynamicsTask]:
         """Out of distribution: exponents of magnitude in ``[limit, limit + 1]`` (either sign)."""
-        return self._draw(n, rng, self.log_scale_limit, self.log_scale_limit + 1.0)
+        return self._draw(n, rng, ood=True)
 
 
 def _rand_params_family(base_env: type, name: str, robot: str) -> type:
