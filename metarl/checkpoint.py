@@ -32,14 +32,15 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """`path` itself if it is a file, else the newest checkpoint of a run directory."""
+    """`path` itself if it is a file, else the newest checkpoint of a run directory: ``final.pt``,
+    then ``last.pt`` (written when a run stops early), then the highest ``iter_*.pt``."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
-        final = path / "checkpoints" / "final.pt"
-        if final.is_file():
-            return final
+        for name in ("final.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
         candidates = sorted((path / "checkpoints").glob("iter_*.pt"))
         if candidates:
             return candidates[-1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,10 @@ class RunLogger:
             s_per_it=f"{metrics['time/iteration_s']:.2f}",
         )
         self.bar.update(1)
+
+    def message(self, text: str) -> None:
+        """A line for the user on stderr, printed without breaking the progress bar."""
+        tqdm.write(text, file=sys.stderr)
 
     def close(self) -> None:
         if self.last:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import re
@@ -52,15 +53,22 @@ def iteration_metrics(batch: MetaBatch, stats: dict[str, float], policy: torch.n
 def checkpoint_payload(
     config: Config, policy: torch.nn.Module, optimizer: Any, iteration: int, splits: TaskSplits, sampler: Sampler
 ) -> dict[str, Any]:
-    return {
-        "config": config.to_dict(),
-        "iteration": iteration,
-        "policy": policy.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "observation_shape": list(sampler.observation_space.shape),
-        "action_space": repr(sampler.action_space),
-        "rng": {"torch": torch.get_rng_state(), "tasks": splits.state(), "sampler": sampler.rng.bit_generator.state},
-    }
+    """Everything a checkpoint holds, copied so that later training does not change it."""
+    return copy.deepcopy(
+        {
+            "config": config.to_dict(),
+            "iteration": iteration,
+            "policy": policy.state_dict(),
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "observation_shape": list(sampler.observation_space.shape),
+            "action_space": repr(sampler.action_space),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "tasks": splits.state(),
+                "sampler": sampler.rng.bit_generator.state,
+            },
+        }
+    )
 
 
 def train(config: Config, run_dir: Path | None = None, progress: bool = True) -> Path:
@@ -92,6 +100,7 @@ def train(config: Config, run_dir: Path | None = None, progress: bool = True) ->
         optimizer = torch.optim.SGD(parameters_of(policy).values(), lr=config.outer.lr)
     logger = RunLogger(run_dir, config.to_dict(), config.train.iterations, progress=progress)
     env_steps = 0
+    completed = checkpoint_payload(config, policy, optimizer, 0, splits, sampler)  # the last finished iteration
 
     try:
         for iteration in range(1, config.train.iterations + 1):
@@ -119,11 +128,20 @@ def train(config: Config, run_dir: Path | None = None, progress: bool = True) ->
                 }
             )
             logger.log(iteration, metrics)
+            completed = checkpoint_payload(config, policy, optimizer, iteration, splits, sampler)
             if iteration % config.train.checkpoint_every == 0 and iteration != config.train.iterations:
-                payload = checkpoint_payload(config, policy, optimizer, iteration, splits, sampler)
-                save_checkpoint(run_dir / "checkpoints" / f"iter_{iteration:06d}.pt", payload)
-        payload = checkpoint_payload(config, policy, optimizer, config.train.iterations, splits, sampler)
-        save_checkpoint(run_dir / "checkpoints" / "final.pt", payload)
+                save_checkpoint(run_dir / "checkpoints" / f"iter_{iteration:06d}.pt", completed)
+        save_checkpoint(run_dir / "checkpoints" / "final.pt", completed)
+    except BaseException:
+        # Interrupted or failed mid-iteration (the parameters may be half-updated): keep the state
+        # after the last finished iteration, so no finished work is lost.
+        if completed["iteration"] > 0:
+            save_checkpoint(run_dir / "checkpoints" / "last.pt", completed)
+            logger.message(
+                f"stopped during iteration {completed['iteration'] + 1}; the state after iteration "
+                f"{completed['iteration']} is in {run_dir / 'checkpoints' / 'last.pt'}"
+            )
+        raise
     finally:
         logger.close()
         sampler.close()
