@@ -40,13 +40,18 @@ class RunLogger:
         self.config = _flatten(config)
         self.writer = SummaryWriter(str(run_dir))
         self.jsonl = (run_dir / "metrics.jsonl").open("a")
+        self.tasks_jsonl = (run_dir / "tasks.jsonl").open("a")
         if start == 0:
             table = "\n".join(f"|{k}|{v}|" for k, v in self.config.items())
             self.writer.add_text("config", f"|parameter|value|\n|-|-|\n{table}")
         self.bar = tqdm(total=total, initial=start, desc="meta-training", unit="it", disable=not progress)
         self.last: dict[str, float] = {}
 
-    def log(self, iteration: int, metrics: dict[str, float]) -> None:
+    def log(self, iteration: int, metrics: dict[str, float], tasks: list[Any] | None = None) -> None:
+        """Record one meta-iteration's metrics (and, in ``tasks.jsonl``, its training tasks)."""
+        if tasks is not None:
+            self.tasks_jsonl.write(json.dumps({"iteration": iteration, "tasks": tasks}) + "\n")
+            self.tasks_jsonl.flush()
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, iteration)
         self.jsonl.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
@@ -72,3 +77,4 @@ class RunLogger:
         self.bar.close()
         self.writer.close()
         self.jsonl.close()
+        self.tasks_jsonl.close()

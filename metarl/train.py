@@ -127,7 +127,7 @@ def train(config: Config, run_dir: Path | None = None, progress: bool = True) ->
                     "time/iteration_s": end - start,
                 }
             )
-            logger.log(iteration, metrics)
+            logger.log(iteration, metrics, [task_to_json(task) for task in tasks])
             completed = checkpoint_payload(config, policy, optimizer, iteration, splits, sampler)
             if iteration % config.train.checkpoint_every == 0 and iteration != config.train.iterations:
                 save_checkpoint(run_dir / "checkpoints" / f"iter_{iteration:06d}.pt", completed)

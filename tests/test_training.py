@@ -97,3 +97,13 @@ def test_mujoco_families_train_and_evaluate(tmp_path, env_id):
     assert len(metrics) == 2 and all(np.isfinite(m["returns/post_adaptation"]) for m in metrics)
     result = metarl.evaluate(run_dir, num_tasks=2, adapt_steps=1, episodes_per_task=2)
     assert result.returns["maml"].shape == (2, 2)
+
+
+def test_training_tasks_are_logged_and_disjoint_from_the_test_tasks(tmp_path):
+    run_dir, _ = run(tmp_path, "tasks")
+    lines = [json.loads(line) for line in (run_dir / "tasks.jsonl").read_text().splitlines()]
+    assert [line["iteration"] for line in lines] == [1, 2, 3]
+    train_goals = {tuple(task["goal"]) for line in lines for task in line["tasks"]}
+    assert len(train_goals) == 9  # 3 iterations x 3 tasks, all distinct
+    test_goals = {tuple(task["goal"]) for task in json.loads((run_dir / "test_tasks.json").read_text())}
+    assert len(test_goals) == 4 and not train_goals & test_goals
