@@ -118,13 +118,7 @@ def load(path: str | Path) -> MetaPolicy:
             f"checkpoint '{checkpoint['path']}' expects observations of shape {checkpoint['observation_shape']}, "
             f"but {config.env.id} gives {list(env.observation_space.shape)}"
         )
-    policy = make_policy(
-        env.observation_space,
-        env.action_space,
-        config.policy.hidden_sizes,
-        config.policy.activation,
-        config.policy.init_std,
-    )
+    policy = make_policy(env.observation_space, env.action_space, config.policy)
     try:
         policy.load_state_dict(checkpoint["policy"])
     except RuntimeError as error:

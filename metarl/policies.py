@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
+import gymnasium as gym
 import torch
 import torch.nn.functional as F
+from gymnasium import spaces
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
-if TYPE_CHECKING:
-    import gymnasium as gym
+from metarl.config import PolicyConfig
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
@@ -93,21 +93,16 @@ class CategoricalMLPPolicy(nn.Module):
         return Categorical(logits=self.logits(observations))
 
 
-def make_policy(
-    observation_space: gym.Space,
-    action_space: gym.Space,
-    hidden_sizes: Sequence[int] = (64, 64),
-    activation: str = "tanh",
-    init_std: float = 1.0,
-) -> nn.Module:
+def make_policy(observation_space: gym.Space, action_space: gym.Space, config: PolicyConfig | None = None) -> nn.Module:
     """The policy for an environment's spaces: Gaussian for Box actions, categorical for Discrete."""
-    from gymnasium import spaces
-
+    config = config or PolicyConfig()
     if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
         raise ValueError(f"metarl policies need a flat Box observation space, got {observation_space}")
     obs_dim = observation_space.shape[0]
     if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
-        return GaussianMLPPolicy(obs_dim, action_space.shape[0], hidden_sizes, activation, init_std)
+        return GaussianMLPPolicy(
+            obs_dim, action_space.shape[0], config.hidden_sizes, config.activation, config.init_std
+        )
     if isinstance(action_space, spaces.Discrete):
-        return CategoricalMLPPolicy(obs_dim, int(action_space.n), hidden_sizes, activation)
+        return CategoricalMLPPolicy(obs_dim, int(action_space.n), config.hidden_sizes, config.activation)
     raise ValueError(f"unsupported action space {action_space}: metarl handles flat Box and Discrete actions")

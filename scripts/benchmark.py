@@ -50,13 +50,7 @@ def sampler_rate(config_path: str) -> tuple[float, int]:
     config = load_config(config_path)
     torch.manual_seed(0)
     sampler = Sampler.from_config(config)
-    policy = make_policy(
-        sampler.observation_space,
-        sampler.action_space,
-        config.policy.hidden_sizes,
-        config.policy.activation,
-        config.policy.init_std,
-    )
+    policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
     tasks = TaskSplits(sampler.env, 0, 1, 1).sample_train(config.outer.tasks_per_batch)
     sampler.sample(policy, parameters_of(policy), tasks)  # builds the vector env
     start = time.perf_counter()
