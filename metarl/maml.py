@@ -217,7 +217,7 @@ def adapted_fisher_product(
     with torch.enable_grad():
         for episodes in batch.inner:
             grads = torch.autograd.grad(
-                inner_loss(policy, params, episodes).sum(), list(params.values()), create_graph=True
+                inner_loss(policy, params, episodes).sum(), list(params.values()), create_graph=not inner.first_order
             )
             inner_steps.append((list(params.values()), grads))
             params = {
