@@ -35,6 +35,10 @@ class EnvConfig:
     """Keyword arguments for the environment constructor."""
     horizon: int | None = None
     """Episode length; defaults to the id's ``max_episode_steps``."""
+    batch_unit: Literal["episodes", "steps"] = "episodes"
+    """``episodes``: every task gets exactly ``episodes_per_task`` episodes. ``steps``: a task's
+    episodes run back to back until they hold ``episodes_per_task × horizon`` steps, as the MAML
+    paper's rllab sampler does, so tasks whose episodes end early (a reached goal) get more of them."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -228,7 +228,7 @@ def adaptation_curve(
     returns = np.zeros((len(tasks), adapt_steps + 1))
     for k in range(adapt_steps + 1):
         episodes = sampler.sample(policy, params, tasks)
-        returns[:, k] = episodes.returns.mean(-1).cpu().numpy()
+        returns[:, k] = episodes.mean_returns.cpu().numpy()
         if k < adapt_steps:
             step_lr = lr if k == 0 else lr * later_lr_scale
             episodes = estimate_advantages(episodes, config.advantages)

@@ -28,7 +28,7 @@ from metarl.baselines import fit_linear_baseline
 from metarl.config import AdvantageConfig, InnerConfig, OuterConfig
 from metarl.functional import Params, detach, distribution, parameters_of, per_task, sgd_step
 from metarl.returns import discounted_returns, generalized_advantages, masked_mean, normalize
-from metarl.sampler import Episodes, Sampler
+from metarl.sampler import Episodes, Sampler, pack_steps
 from metarl.trpo import conjugate_gradient, flat, hessian_vector_product, line_search
 
 
@@ -40,17 +40,21 @@ class MetaBatch:
     tasks: list[Any]
     inner: tuple[Episodes, ...]
     outer: Episodes
+    returns: tuple[Tensor, ...]  # mean episode return per task [B] after 0, 1, …, len(inner) steps
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 def estimate_advantages(episodes: Episodes, config: AdvantageConfig) -> Episodes:
-    """GAE(γ, λ) against a linear feature baseline fitted per task on these same episodes."""
+    """GAE(γ, λ) against a linear feature baseline fitted per task on these same episodes.
+
+    Returns the episodes with advantages, packed one row per task (`pack_steps`) for the losses.
+    """
     returns = discounted_returns(episodes.rewards, episodes.mask, config.gamma)
     values = fit_linear_baseline(episodes.observations, returns, episodes.mask)
     advantages = generalized_advantages(episodes.rewards, values, episodes.mask, config.gamma, config.gae_lambda)
     if config.normalize:
         advantages = normalize(advantages, episodes.mask, dim=(-2, -1))
-    return dataclasses.replace(episodes, advantages=advantages)
+    return pack_steps(dataclasses.replace(episodes, advantages=advantages))
 
 
 def inner_loss(policy: nn.Module, params: Params, episodes: Episodes) -> Tensor:
@@ -87,19 +91,23 @@ def sample_meta_batch(
     """Alg. 3, lines 5–8 for every task at once: sample, adapt, sample again with θ'."""
     timings = {"sample_s": 0.0, "adapt_s": 0.0}
     params = per_task(detach(parameters_of(policy)), len(tasks))
-    inner_episodes = []
+    inner_episodes, returns = [], []
     for _ in range(inner.steps):
         start = time.perf_counter()
-        episodes = estimate_advantages(sampler.sample(policy, params, tasks), advantages)
+        sampled = sampler.sample(policy, params, tasks)
+        returns.append(sampled.mean_returns)
+        episodes = estimate_advantages(sampled, advantages)
         middle = time.perf_counter()
         params = detach(adapt(policy, params, [episodes], inner.lr, create_graph=False))
         inner_episodes.append(episodes)
         timings["sample_s"] += middle - start
         timings["adapt_s"] += time.perf_counter() - middle
     start = time.perf_counter()
-    outer_episodes = estimate_advantages(sampler.sample(policy, params, tasks), advantages)
+    sampled = sampler.sample(policy, params, tasks)
+    returns.append(sampled.mean_returns)
+    outer_episodes = estimate_advantages(sampled, advantages)
     timings["sample_s"] += time.perf_counter() - start
-    return MetaBatch(list(tasks), tuple(inner_episodes), outer_episodes, timings)
+    return MetaBatch(list(tasks), tuple(inner_episodes), outer_episodes, tuple(returns), timings)
 
 
 def adapted_parameters(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, *, create_graph: bool) -> Params:

@@ -44,8 +44,14 @@ class Episodes:
 
     @property
     def returns(self) -> Tensor:
-        """Undiscounted return of every episode, ``[B, E]``."""
+        """Undiscounted return of every episode, ``[B, E]`` (0 for padding rows)."""
         return (self.rewards * self.mask).sum(-1)
+
+    @property
+    def mean_returns(self) -> Tensor:
+        """Mean undiscounted episode return of every task, ``[B]``; padding rows do not count."""
+        episodes = self.mask[..., 0]
+        return (self.returns * episodes).sum(-1) / episodes.sum(-1).clamp(min=1)
 
     @property
     def num_steps(self) -> int:
@@ -78,6 +84,9 @@ class Sampler:
         env_kwargs: constructor arguments for the environment.
         horizon: episode length (default: the id's ``max_episode_steps``).
         action_scaling, action_bound: how policy actions map to the env's; see `env_actions`.
+        batch_unit: ``episodes``: exactly E episodes per task. ``steps``: episodes of a task run
+            back to back until they hold E × horizon steps (the MAML paper's rllab sampler), so
+            tasks whose episodes end early get more episodes.
         seed: seeds the environment resets.
         device: where the episode tensors live.
     """
@@ -92,10 +101,12 @@ class Sampler:
         seed: int = 0,
         device: str | torch.device = "cpu",
         action_bound: float = 1.0,
+        batch_unit: str = "episodes",
     ) -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
         self.episodes_per_task = episodes_per_task
         self.action_scaling, self.action_bound = action_scaling, action_bound
+        self.batch_unit = batch_unit
         self.device = torch.device(device)
         self.rng = np.random.default_rng([seed, 2])
         self.env = make_env(env_id, self.env_kwargs, horizon)
@@ -116,6 +127,7 @@ class Sampler:
             seed=config.train.seed if seed is None else seed,
             device=config.train.device,
             action_bound=config.policy.action_bound,
+            batch_unit=config.env.batch_unit,
         )
 
     @classmethod
@@ -132,7 +144,7 @@ class Sampler:
         sampler = cls.__new__(cls)
         sampler.env_id, sampler.env_kwargs, sampler.episodes_per_task = None, {}, 1
         sampler.action_scaling, sampler.action_bound = action_scaling, action_bound
-        sampler.device = torch.device("cpu")
+        sampler.device, sampler.batch_unit = torch.device("cpu"), "episodes"
         sampler.rng = np.random.default_rng([seed, 2])
         sampler.env, sampler.horizon = env, horizon_of(env, horizon)
         sampler.observation_space, sampler.action_space = env.observation_space, env.action_space
@@ -145,17 +157,36 @@ class Sampler:
             self._vector_envs[num_tasks] = make_vector_env(self.env_id, num_envs, self.env_kwargs, self.horizon)
         return self._vector_envs[num_tasks]
 
-    @torch.no_grad()
     def sample(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
-        """Run E episodes of every task; task ``b`` acts with ``params[name][b]``.
+        """Run the episodes of every task (see `batch_unit`); task ``b`` acts with ``params[name][b]``.
 
         `params` either carries a leading task dimension (adapted, per-task parameters) or is a
         single parameter set shared by all tasks. ``tasks=None`` keeps the environment's own task
         (one task).
         """
-        num_tasks, num_episodes = len(tasks) if tasks is not None else 1, self.episodes_per_task
+        num_tasks = len(tasks) if tasks is not None else 1
         if next(iter(params.values())).dim() == next(iter(policy.parameters())).dim():
             params = per_task(params, num_tasks)
+        if self.batch_unit == "episodes" or tasks is None:
+            return self._sample_episodes(policy, params, tasks)
+        # Rounds of E episodes for the tasks whose episodes do not yet hold E × horizon steps.
+        budget = self.episodes_per_task * self.horizon
+        rounds: list[list[Episodes]] = [[] for _ in tasks]
+        steps = np.zeros(num_tasks)
+        active = np.arange(num_tasks)
+        while len(active):
+            index = torch.as_tensor(active)
+            batch = self._sample_episodes(policy, {k: v[index] for k, v in params.items()}, [tasks[i] for i in active])
+            for row, task in enumerate(active):
+                rounds[task].append(Episodes(**{f: getattr(batch, f)[row : row + 1] for f in _FIELDS}))
+            steps[active] += batch.mask.sum((1, 2)).cpu().numpy()
+            active = active[steps[active] < budget]
+        return stack_tasks([concat_episodes(task_rounds) for task_rounds in rounds])
+
+    @torch.no_grad()
+    def _sample_episodes(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
+        """One episode in each of the E copies of every task, all in lockstep."""
+        num_tasks, num_episodes = len(tasks) if tasks is not None else 1, self.episodes_per_task
         envs = self._vector_env(num_tasks)
         if tasks is not None:
             set_tasks(envs, [task for task in tasks for _ in range(num_episodes)])
@@ -198,17 +229,50 @@ class Sampler:
 def concat_episodes(batches: Sequence[Episodes]) -> Episodes:
     """Join batches along the episode dimension, padding shorter ones in time (mask 0)."""
     horizon = max(b.rewards.shape[-1] for b in batches)
+    return Episodes(**{f: torch.cat([_pad(getattr(b, f), 2, horizon) for b in batches], dim=1) for f in _FIELDS})
 
-    def pad(x: Tensor, time_dim: int) -> Tensor:
-        missing = horizon - x.shape[time_dim]
-        if missing == 0:
-            return x
-        shape = list(x.shape)
-        shape[time_dim] = missing
-        return torch.cat([x, x.new_zeros(shape)], dim=time_dim)
 
-    fields = ("observations", "actions", "rewards", "mask", "log_probs")
-    return Episodes(**{f: torch.cat([pad(getattr(b, f), time_dim=2) for b in batches], dim=1) for f in fields})
+def pack_steps(episodes: Episodes) -> Episodes:
+    """All valid steps of each task in one row, ``[B, 1, N]`` with N the largest count over tasks.
+
+    The losses need no time structure once advantages are computed, so this drops the padding
+    that episodes ending early (or a step budget with many short episodes) leave behind.
+    """
+    num_tasks = episodes.mask.shape[0]
+    flat_mask = episodes.mask.reshape(num_tasks, -1)
+    length = int(flat_mask.sum(1).max().item())
+    # A stable sort puts each task's valid steps first, in their original order.
+    order = torch.argsort(flat_mask, dim=1, descending=True, stable=True)[:, :length]
+    rows = torch.arange(num_tasks, device=order.device)[:, None]
+
+    def gather(x: Tensor | None) -> Tensor | None:
+        if x is None:
+            return None
+        return x.reshape(num_tasks, -1, *x.shape[3:])[rows, order].unsqueeze(1)
+
+    return Episodes(**{f.name: gather(getattr(episodes, f.name)) for f in dataclasses.fields(Episodes)})
+
+
+def stack_tasks(batches: Sequence[Episodes]) -> Episodes:
+    """Join one-task batches along the task dimension, padding episodes and time (mask 0)."""
+    horizon = max(b.rewards.shape[-1] for b in batches)
+    rows = max(b.rewards.shape[1] for b in batches)
+    return Episodes(
+        **{f: torch.cat([_pad(_pad(getattr(b, f), 2, horizon), 1, rows) for b in batches], dim=0) for f in _FIELDS}
+    )
+
+
+def _pad(x: Tensor, dim: int, size: int) -> Tensor:
+    """Zero-pad `x` along `dim` to `size`."""
+    missing = size - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+_FIELDS = ("observations", "actions", "rewards", "mask", "log_probs")
 
 
 def _check_finite(values: np.ndarray, what: str, tasks: Sequence[Any] | None, num_episodes: int) -> None:

@@ -35,7 +35,7 @@ def make_run_dir(config: Config) -> Path:
 
 def iteration_metrics(batch: MetaBatch, stats: dict[str, float], policy: torch.nn.Module) -> dict[str, float]:
     """What a researcher watches: returns before and after adaptation, losses, KL, timings."""
-    returns = [episodes.returns.mean().item() for episodes in (*batch.inner, batch.outer)]
+    returns = [task_returns.mean().item() for task_returns in batch.returns]
     metrics = {
         "returns/pre_adaptation": returns[0],
         "returns/post_adaptation": returns[-1],

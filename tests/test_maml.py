@@ -76,7 +76,7 @@ def outer_objective(policy, batch, inner):
 @pytest.mark.parametrize("steps", [1, 2])
 def test_second_order_meta_gradient_matches_finite_differences(policy, steps):
     g = torch.Generator().manual_seed(2)
-    batch = MetaBatch([0, 1], tuple(synthetic_episodes(g) for _ in range(steps)), synthetic_episodes(g))
+    batch = MetaBatch([0, 1], tuple(synthetic_episodes(g) for _ in range(steps)), synthetic_episodes(g), ())
     inner = InnerConfig(lr=0.5, steps=steps)
     params = list(policy.parameters())
     grad = flat(torch.autograd.grad(outer_objective(policy, batch, inner), params))
@@ -106,7 +106,7 @@ def test_second_order_meta_gradient_matches_finite_differences(policy, steps):
 @pytest.mark.parametrize("steps,first_order", [(1, False), (2, False), (1, True)])
 def test_adapted_fisher_product_equals_hessian_of_kl(policy, steps, first_order):
     g = torch.Generator().manual_seed(3)
-    batch = MetaBatch([0, 1], tuple(synthetic_episodes(g) for _ in range(steps)), synthetic_episodes(g))
+    batch = MetaBatch([0, 1], tuple(synthetic_episodes(g) for _ in range(steps)), synthetic_episodes(g), ())
     inner = InnerConfig(lr=0.5, steps=steps, first_order=first_order)
     params = list(policy.parameters())
     adapted = adapted_parameters(policy, batch, inner, create_graph=not first_order)
@@ -159,3 +159,17 @@ def test_trpo_step_respects_max_kl_and_improves_the_surrogate(navigation_batch):
     assert kl == pytest.approx(stats["policy/kl"], rel=1e-4)
     assert loss_after < loss_before
     assert stats["loss/outer"] == pytest.approx(loss_before, abs=1e-6)
+
+
+def test_packing_steps_leaves_the_losses_unchanged(policy):
+    from metarl.sampler import pack_steps
+
+    episodes = synthetic_episodes(torch.Generator().manual_seed(4))
+    episodes = dataclasses.replace(episodes, mask=episodes.mask.clone())
+    episodes.mask[1, 2, 2:] = 0  # ragged: one task has fewer valid steps
+    packed = pack_steps(episodes)
+    assert packed.observations.shape == (2, 1, int(episodes.mask[0].sum()), 2)
+    assert packed.mask.sum() == episodes.mask.sum()
+    params = per_task(parameters_of(policy), 2)
+    torch.testing.assert_close(inner_loss(policy, params, packed), inner_loss(policy, params, episodes))
+    torch.testing.assert_close(surrogate_loss(policy, params, packed), surrogate_loss(policy, params, episodes))

@@ -1,6 +1,7 @@
 """The batched sampler: shapes, masks, per-task parameters, rewards matching the env's definition."""
 
 import numpy as np
+import pytest
 import torch
 
 from metarl.functional import parameters_of, per_task
@@ -92,3 +93,19 @@ def test_for_env_runs_episodes_on_an_existing_instance():
     assert batch.rewards.shape == (1, 3, 10)
     assert np.isclose(batch.mask.sum().item(), 30) or batch.mask.sum().item() < 30
     assert env.unwrapped.task.goal == (0.1, 0.1)
+
+
+def test_step_budget_gives_tasks_with_short_episodes_more_episodes():
+    torch.manual_seed(1)
+    sampler = Sampler("MetaRL/Navigation2D-v0", episodes_per_task=2, horizon=30, seed=0, batch_unit="steps")
+    policy = GaussianMLPPolicy(2, 2, (8,), init_std=1e-3)
+    params = {k: torch.zeros_like(v) for k, v in parameters_of(policy).items()}
+    params["mean.layers.1.bias"] = torch.full((2,), 5.0)  # full speed along (1, 1): goal (0.2, 0.2) in 2 steps
+    params["log_std"] = torch.full((2,), -9.0)
+    episodes = sampler.sample(policy, params, [{"goal": [0.2, 0.2]}, {"goal": [-0.4, 0.1]}])
+    valid = episodes.mask[..., 0]
+    # Budget: 2 episodes x 30 steps = 60 steps per task.
+    assert valid[0].sum() == 30 and episodes.mask[0].sum() == 60  # thirty 2-step episodes
+    assert valid[1].sum() == 2 and episodes.mask[1].sum() == 60  # two full-length episodes, then padding
+    torch.testing.assert_close(episodes.mean_returns[0], torch.tensor(-(0.1 * 2**0.5)), atol=1e-4, rtol=0)
+    assert episodes.mean_returns[1] == pytest.approx(episodes.returns[1, :2].mean().item())
