@@ -181,7 +181,7 @@ class Sampler:
                 rounds[task].append(Episodes(**{f: getattr(batch, f)[row : row + 1] for f in _FIELDS}))
             steps[active] += batch.mask.sum((1, 2)).cpu().numpy()
             active = active[steps[active] < budget]
-        return stack_tasks([concat_episodes(task_rounds) for task_rounds in rounds])
+        return stack_tasks([_first_episodes_within(concat_episodes(task_rounds), budget) for task_rounds in rounds])
 
     @torch.no_grad()
     def _sample_episodes(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
@@ -260,6 +260,13 @@ def stack_tasks(batches: Sequence[Episodes]) -> Episodes:
     return Episodes(
         **{f: torch.cat([_pad(_pad(getattr(b, f), 2, horizon), 1, rows) for b in batches], dim=0) for f in _FIELDS}
     )
+
+
+def _first_episodes_within(episodes: Episodes, budget: int) -> Episodes:
+    """The episodes (of one task) that started before `budget` steps had been collected."""
+    lengths = episodes.mask[0].sum(-1)
+    keep = (torch.cumsum(lengths, 0) - lengths) < budget
+    return Episodes(**{f: getattr(episodes, f)[:, keep] for f in _FIELDS})
 
 
 def _pad(x: Tensor, dim: int, size: int) -> Tensor:
