@@ -55,7 +55,9 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from metarl.evaluation import evaluate
 
-    result = evaluate(args.run, args.tasks, args.adapt_steps, args.episodes, args.seed, args.out, args.split)
+    result = evaluate(
+        args.run, args.tasks, args.adapt_steps, args.episodes, args.seed, args.out, args.split, args.batch_unit
+    )
     _print_result(result)
     return 0
 
@@ -142,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["test", "ood"],
         default="test",
         help="test: held-out tasks of the training distribution; ood: tasks outside it (default: test)",
+    )
+    evaluate.add_argument(
+        "--batch-unit",
+        choices=["episodes", "steps"],
+        help="count each step's batch in episodes, or in steps of back-to-back episodes as the MAML "
+        "paper (default: evaluation.batch_unit of the config)",
     )
     evaluate.add_argument("--out", help="output directory (default: <run>/eval, or <run>/eval_ood)")
     evaluate.set_defaults(func=_evaluate)

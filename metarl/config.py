@@ -123,6 +123,9 @@ class EvaluationConfig:
     """Later steps use ``lr * later_lr_scale`` (the paper: 0.1, then 0.05)."""
     seed: int = 1
     """Seed of the held-out test tasks; training never samples these tasks."""
+    batch_unit: Literal["episodes", "steps"] | None = None
+    """How each adaptation step's batch is counted (see ``env.batch_unit``; null: as in training).
+    The MAML paper's protocol counts steps: 40 x 100 = 4,000 per step for 2D navigation."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -244,11 +244,13 @@ def evaluate(
     seed: int | None = None,
     out_dir: str | Path | None = None,
     split: str = "test",
+    batch_unit: str | None = None,
 ) -> EvaluationResult:
     """Evaluate the meta-policy of a run directory or checkpoint on unseen tasks.
 
     ``split="test"``: the held-out tasks of the training distribution (never trained on);
     ``split="ood"``: tasks outside the training distribution, where the family defines them.
+    ``batch_unit``: count each step's batch in ``episodes`` or ``steps`` (see ``env.batch_unit``).
     Unset arguments take the run's ``evaluation`` config. Results are written to `out_dir`
     (default: ``<run dir>/eval``, or ``eval_ood``).
     """
@@ -261,6 +263,7 @@ def evaluate(
         "adapt_steps": adapt_steps,
         "episodes_per_task": episodes_per_task,
         "seed": seed,
+        "batch_unit": batch_unit,
     }
     config = config_from_dict(
         meta_policy.config.to_dict(), [f"evaluation.{k}={v}" for k, v in overrides.items() if v is not None]
@@ -268,7 +271,8 @@ def evaluate(
     protocol = dataclasses.asdict(config.evaluation)
     protocol["lr"] = protocol["lr"] if protocol["lr"] is not None else config.inner.lr
     torch.manual_seed(protocol["seed"])
-    sampler = Sampler.from_config(config, protocol["episodes_per_task"], seed=protocol["seed"])
+    protocol["batch_unit"] = protocol["batch_unit"] or config.env.batch_unit
+    sampler = Sampler.from_config(config, protocol["episodes_per_task"], protocol["seed"], protocol["batch_unit"])
     try:
         # The held-out tasks are those the run kept out of training, whatever --seed says about sampling noise.
         task_seed = meta_policy.config.evaluation.seed

@@ -116,8 +116,15 @@ class Sampler:
         self._vector_envs: dict[int, VectorEnv] = {}
 
     @classmethod
-    def from_config(cls, config: Config, episodes_per_task: int | None = None, seed: int | None = None) -> Sampler:
-        """The sampler a config describes (``inner.episodes_per_task`` and ``train.seed`` by default)."""
+    def from_config(
+        cls,
+        config: Config,
+        episodes_per_task: int | None = None,
+        seed: int | None = None,
+        batch_unit: str | None = None,
+    ) -> Sampler:
+        """The sampler a config describes (``inner.episodes_per_task``, ``train.seed`` and
+        ``env.batch_unit`` unless given)."""
         return cls(
             config.env.id,
             episodes_per_task or config.inner.episodes_per_task,
@@ -127,7 +134,7 @@ class Sampler:
             seed=config.train.seed if seed is None else seed,
             device=config.train.device,
             action_bound=config.policy.action_bound,
-            batch_unit=config.env.batch_unit,
+            batch_unit=batch_unit or config.env.batch_unit,
         )
 
     @classmethod

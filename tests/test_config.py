@@ -56,8 +56,9 @@ def test_navigation_experiment():
     assert config.advantages.normalize is True
     assert config.train.iterations == 100
     assert config.train.checkpoint_every == 25
+    assert config.env.batch_unit == "episodes"
     assert config.evaluation == EvaluationConfig(
-        num_tasks=40, adapt_steps=3, episodes_per_task=40, lr=0.1, later_lr_scale=0.5, seed=1
+        num_tasks=40, adapt_steps=3, episodes_per_task=40, lr=0.1, later_lr_scale=0.5, seed=1, batch_unit="steps"
     )
 
 
