@@ -89,6 +89,8 @@ class Sampler:
             tasks whose episodes end early get more episodes.
         seed: seeds the environment resets.
         device: where the episode tensors live.
+        workers: processes stepping the copies for families without a batched implementation
+            (`metarl.workers.WorkerVectorEnv`); results do not depend on it.
     """
 
     def __init__(
@@ -102,8 +104,10 @@ class Sampler:
         device: str | torch.device = "cpu",
         action_bound: float = 1.0,
         batch_unit: str = "episodes",
+        workers: int = 1,
     ) -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
+        self.workers = workers
         self.episodes_per_task = episodes_per_task
         self.action_scaling, self.action_bound = action_scaling, action_bound
         self.batch_unit = batch_unit
@@ -135,6 +139,7 @@ class Sampler:
             device=config.train.device,
             action_bound=config.policy.action_bound,
             batch_unit=batch_unit or config.env.batch_unit,
+            workers=config.env.workers,
         )
 
     @classmethod
@@ -151,7 +156,7 @@ class Sampler:
         sampler = cls.__new__(cls)
         sampler.env_id, sampler.env_kwargs, sampler.episodes_per_task = None, {}, 1
         sampler.action_scaling, sampler.action_bound = action_scaling, action_bound
-        sampler.device, sampler.batch_unit = torch.device("cpu"), "episodes"
+        sampler.device, sampler.batch_unit, sampler.workers = torch.device("cpu"), "episodes", 1
         sampler.rng = np.random.default_rng([seed, 2])
         sampler.env, sampler.horizon = env, horizon_of(env, horizon)
         sampler.observation_space, sampler.action_space = env.observation_space, env.action_space
@@ -161,7 +166,9 @@ class Sampler:
     def _vector_env(self, num_tasks: int) -> VectorEnv:
         if num_tasks not in self._vector_envs:
             num_envs = num_tasks * self.episodes_per_task
-            self._vector_envs[num_tasks] = make_vector_env(self.env_id, num_envs, self.env_kwargs, self.horizon)
+            self._vector_envs[num_tasks] = make_vector_env(
+                self.env_id, num_envs, self.env_kwargs, self.horizon, self.workers
+            )
         return self._vector_envs[num_tasks]
 
     def sample(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:

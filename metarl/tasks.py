@@ -72,10 +72,23 @@ def make_env(env_id: str, kwargs: Mapping[str, Any] | None = None, horizon: int 
 
 
 def make_vector_env(
-    env_id: str, num_envs: int, kwargs: Mapping[str, Any] | None = None, horizon: int | None = None
+    env_id: str,
+    num_envs: int,
+    kwargs: Mapping[str, Any] | None = None,
+    horizon: int | None = None,
+    workers: int = 1,
 ) -> VectorEnv:
-    """``gymnasium.make_vec``: the id's own batched implementation when it registers one, else sync."""
+    """``gymnasium.make_vec``: the id's own batched implementation when it registers one, else sync.
+
+    With ``workers > 1``, an id without a batched implementation steps its copies in that many
+    processes (`metarl.workers.WorkerVectorEnv`, same results as sync); batched ones ignore `workers`.
+    """
     ensure_registered(env_id)
+    spec = registry.get(env_id)
+    if workers > 1 and (spec is None or spec.vector_entry_point is None):
+        from metarl.workers import WorkerVectorEnv, env_factory
+
+        return WorkerVectorEnv([env_factory(env_id, kwargs, horizon)] * num_envs, min(workers, num_envs))
     extra = {"max_episode_steps": horizon} if horizon is not None else {}
     return gym.make_vec(env_id, num_envs=num_envs, **dict(kwargs or {}), **extra)
 

@@ -1,0 +1,470 @@
+"""A vector environment whose copies step in worker processes, for environments that cannot be batched.
+
+`WorkerVectorEnv` splits ``num_envs`` copies into contiguous slices, one per worker process. Each
+worker runs its slice as a ``gymnasium.vector.SyncVectorEnv`` with next-step autoreset, so the
+results are those of one ``SyncVectorEnv`` over all copies, whatever the number of workers.
+Observations, actions, rewards and done flags travel through shared memory; the pipes carry only
+short commands. A worker that raises or dies is reported as a `WorkerError` naming the worker, its
+copies and the cause, never as a hang.
+
+Workers are started with ``spawn``, which re-imports the main module in every worker: a script that
+creates a `WorkerVectorEnv` must keep its top-level code under ``if __name__ == "__main__":``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec, registry
+from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from metarl.tasks import make_env
+
+# Workers step with one thread each: they must not compete with each other or with the policy.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_CLOSE_TIMEOUT = 5.0  # seconds the workers get to exit after "close", before they are terminated
+_BUFFERS = ("observations", "actions", "rewards", "terminated", "truncated")
+
+
+class WorkerError(RuntimeError):
+    """A worker process raised, died or stopped answering; the message names it, its copies and the cause."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvFactory:
+    """A picklable ``make_env(env_id, kwargs, horizon)`` for worker processes.
+
+    `spec` is the parent's registration of `env_id` (see `env_factory`): a worker registers it when
+    the id is unknown there, so ids registered at run time in the parent work too.
+    """
+
+    env_id: str
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    horizon: int | None = None
+    spec: EnvSpec | None = None
+
+    def __call__(self) -> gym.Env:
+        if self.spec is not None and self.env_id not in registry:
+            registry[self.env_id] = self.spec
+        return make_env(self.env_id, self.kwargs, self.horizon)
+
+
+def env_factory(env_id: str, kwargs: Mapping[str, Any] | None = None, horizon: int | None = None) -> EnvFactory:
+    """An `EnvFactory` carrying the parent's registration of `env_id` when it can be pickled."""
+    spec = registry.get(env_id) if ":" not in env_id else None
+    if spec is not None:
+        # Workers build single environments: a batched implementation's entry point is not needed there.
+        spec = dataclasses.replace(spec, vector_entry_point=None)
+        try:
+            pickle.dumps(spec)
+        except Exception:  # e.g. a lambda entry point; workers then rely on their own registry
+            spec = None
+    return EnvFactory(env_id, dict(kwargs or {}), horizon, spec)
+
+
+class WorkerVectorEnv(VectorEnv):
+    """`len(env_fns)` environment copies stepped by `num_workers` processes, each owning a contiguous slice.
+
+    Semantics are those of ``SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.NEXT_STEP)``: the
+    same observations, rewards and done flags for the same seeds, tasks and actions. Differences:
+
+    - ``reset`` and ``step`` return empty info dicts (metarl never reads step infos);
+    - actions are cast to the action space's dtype;
+    - observations must be a ``Box`` (a `TypeError` otherwise);
+    - a worker that raises in ``reset`` or ``step``, or dies, closes the whole vector env and raises
+      a `WorkerError`; errors in ``get_attr``/``set_attr``/``call`` raise one and leave it usable.
+
+    Args:
+        env_fns: picklable callables that create one environment each (e.g. `env_factory`); the
+            workers import their modules.
+        num_workers: worker processes, between 1 and ``len(env_fns)``.
+        start_method: ``spawn`` or ``forkserver`` (never ``fork``: the parent may hold torch threads).
+        timeout: seconds to wait for a worker's answer after start-up (None: as long as it lives).
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], gym.Env]],
+        num_workers: int,
+        start_method: str = "spawn",
+        timeout: float | None = None,
+    ) -> None:
+        num_envs = len(env_fns)
+        if not 1 <= num_workers <= num_envs:
+            raise ValueError(f"num_workers must be between 1 and the number of copies ({num_envs}), got {num_workers}")
+        if start_method not in ("spawn", "forkserver"):
+            raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
+        self.num_envs, self.num_workers, self.timeout = num_envs, num_workers, timeout
+        sizes = [num_envs // num_workers + (i < num_envs % num_workers) for i in range(num_workers)]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        self.slices: tuple[tuple[int, int], ...] = tuple(zip(starts[:-1], starts[1:], strict=True))
+        self.metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
+        self.render_mode = None
+        self.closed = False
+        self._failure: str | None = None
+
+        # The finalizer owns the processes and shared memory, so Ctrl-C, an error or interpreter exit
+        # in the parent stops the workers and frees the memory even if close() is never called.
+        self._processes: list[BaseProcess] = []
+        self._conns: list[Connection] = []
+        self._shms: list[SharedMemory] = []
+        self._buffers: dict[str, np.ndarray] = {}
+        self._finalizer = weakref.finalize(self, _shutdown, self._processes, self._conns, self._shms, self._buffers)
+
+        context = mp.get_context(start_method)
+        try:
+            with _child_process_settings():
+                for index, (start, stop) in enumerate(self.slices):
+                    parent_end, child_end = context.Pipe()
+                    process = context.Process(
+                        target=_serve,
+                        args=(list(env_fns[start:stop]), start, child_end),
+                        name=f"metarl-worker-{index}",
+                        daemon=True,
+                    )
+                    self._conns.append(parent_end)
+                    try:
+                        process.start()
+                    except (pickle.PicklingError, AttributeError, TypeError) as error:
+                        raise TypeError(
+                            f"env_fns must be picklable to reach the worker processes ({error}); use module-level "
+                            "functions or classes, e.g. metarl.workers.env_factory(env_id, kwargs, horizon)"
+                        ) from None
+                    finally:
+                        child_end.close()
+                    self._processes.append(process)
+            observation_space, action_space = self._start()
+        except BaseException:
+            self.close()
+            raise
+        self.single_observation_space, self.single_action_space = observation_space, action_space
+        self.observation_space = batch_space(observation_space, num_envs)
+        self.action_space = batch_space(action_space, num_envs)
+
+    @property
+    def worker_pids(self) -> tuple[int | None, ...]:
+        """Process id of every worker."""
+        return tuple(process.pid for process in self._processes)
+
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Reset every copy; an int seed gives copy ``i`` the seed ``seed + i``. Returns an empty info dict."""
+        if seed is None:
+            seeds: list[int | None] = [None] * self.num_envs
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ValueError(f"expected {self.num_envs} seeds (one per copy), got {len(seeds)}")
+        mask = None if options is None else options.get("reset_mask")
+        payloads = []
+        for start, stop in self.slices:
+            slice_options = options
+            if mask is not None:
+                slice_options = {**options, "reset_mask": np.asarray(mask)[start:stop]}
+                if not slice_options["reset_mask"].any():
+                    slice_options = None  # nothing to reset in this slice
+            payloads.append((seeds[start:stop], slice_options, mask is not None))
+        self._command("reset", payloads, fatal=True)
+        return self._buffers["observations"].copy(), {}
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Step every copy (next-step autoreset); returns copies of the results and an empty info dict."""
+        self._check_open()
+        actions = np.asarray(actions)
+        buffer = self._buffers["actions"]
+        if actions.shape != buffer.shape:
+            raise ValueError(f"expected actions of shape {buffer.shape} (one per copy), got {actions.shape}")
+        buffer[...] = actions
+        self._command("step", [None] * self.num_workers, fatal=True)
+        return (
+            self._buffers["observations"].copy(),
+            self._buffers["rewards"].copy(),
+            self._buffers["terminated"].copy(),
+            self._buffers["truncated"].copy(),
+            {},
+        )
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """The attribute `name` of every copy (through wrappers)."""
+        return tuple(value for values in self._command("get_attr", [name] * self.num_workers) for value in values)
+
+    def set_attr(self, name: str, values: Any) -> None:
+        """Set `name` on every copy: a list or tuple gives one value per copy, anything else is set on all."""
+        if isinstance(values, (list, tuple)):
+            if len(values) != self.num_envs:
+                raise ValueError(f"expected {self.num_envs} values (one per copy) for {name!r}, got {len(values)}")
+            payloads = [(name, list(values[start:stop])) for start, stop in self.slices]
+        else:
+            payloads = [(name, values)] * self.num_workers
+        self._command("set_attr", payloads)
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Call the method `name` of every copy (or read the attribute, as ``SyncVectorEnv.call`` does).
+
+        The arguments are pickled: each worker gets its own copy (a random generator is not shared).
+        """
+        payloads = [(name, args, kwargs)] * self.num_workers
+        return tuple(value for values in self._command("call", payloads) for value in values)
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Stop the workers (``close``, then terminate after a timeout) and free the shared memory."""
+        self._finalizer()
+
+    # Internals -----------------------------------------------------------------------------------
+
+    def _start(self) -> tuple[gym.Space, gym.Space]:
+        """Wait for the workers' environments, then share the buffers with them."""
+        replies = self._gather("start-up", deadline=None)
+        observation_space, action_space = replies[0]
+        for index, (obs_space, act_space) in enumerate(replies):
+            if obs_space != observation_space or act_space != action_space:
+                raise ValueError(
+                    f"worker {index}'s environments have spaces {obs_space}, {act_space}; worker 0's have "
+                    f"{observation_space}, {action_space}: all copies must share their spaces"
+                )
+        if not isinstance(observation_space, spaces.Box):
+            raise TypeError(f"WorkerVectorEnv supports Box observation spaces only, got {observation_space}")
+        batched_actions = batch_space(action_space, self.num_envs)
+        if not isinstance(batched_actions, (spaces.Box, spaces.MultiDiscrete, spaces.MultiBinary)):
+            raise TypeError(f"WorkerVectorEnv supports Box, Discrete and Multi* action spaces, got {action_space}")
+        layout = {
+            "observations": ((self.num_envs, *observation_space.shape), observation_space.dtype),
+            "actions": (batched_actions.shape, batched_actions.dtype),
+            "rewards": ((self.num_envs,), np.dtype(np.float64)),
+            "terminated": ((self.num_envs,), np.dtype(np.bool_)),
+            "truncated": ((self.num_envs,), np.dtype(np.bool_)),
+        }
+        described = {}
+        for name, (shape, dtype) in layout.items():
+            dtype = np.dtype(dtype)
+            shm = SharedMemory(create=True, size=max(1, int(np.prod(shape)) * dtype.itemsize))
+            self._shms.append(shm)
+            self._buffers[name] = np.ndarray(shape, dtype, buffer=shm.buf)
+            described[name] = (shm.name, shape, dtype.str)
+        self._command("attach", [described] * self.num_workers, fatal=True, patient=True)
+        return observation_space, action_space
+
+    def _check_open(self) -> None:
+        if self.closed or not self._finalizer.alive:
+            cause = f" after an error:\n{self._failure}" if self._failure else ""
+            raise WorkerError(f"this WorkerVectorEnv is closed{cause}")
+
+    def _command(self, command: str, payloads: Sequence[Any], fatal: bool = False, patient: bool = False) -> list[Any]:
+        """Send `command` with one payload per worker and return their answers in worker order.
+
+        `fatal`: a worker's exception leaves the copies out of step, so the vector env is closed.
+        A dead or silent worker always closes it. `patient`: ignore `timeout`.
+        """
+        self._check_open()
+        for conn, payload in zip(self._conns, payloads, strict=True):
+            with contextlib.suppress(OSError):  # a dead worker is reported by _gather
+                conn.send((command, payload))
+        deadline = None if self.timeout is None or patient else time.monotonic() + self.timeout
+        try:
+            return self._gather(command, deadline, fatal)
+        except KeyboardInterrupt:
+            self.close()  # the workers' answers are left unread: the env cannot go on
+            raise
+
+    def _gather(self, what: str, deadline: float | None, fatal: bool = True) -> list[Any]:
+        """Every worker's answer; raise a `WorkerError` when one fails, dies or misses the deadline."""
+        answers: list[Any] = [None] * self.num_workers
+        errors: list[tuple[int, str]] = []
+        dead = False
+        pending = set(range(self.num_workers))
+        while pending:
+            waiting_on = [self._conns[i] for i in pending] + [self._processes[i].sentinel for i in pending]
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready = set(wait(waiting_on, timeout=remaining))
+            if not ready:
+                silent = sorted(pending)
+                errors += [(i, f"{self._describe(i)} did not answer '{what}' within {self.timeout} s") for i in silent]
+                dead = True
+                break
+            for index in sorted(pending):
+                conn, process = self._conns[index], self._processes[index]
+                if conn not in ready and process.sentinel not in ready:
+                    continue
+                pending.discard(index)
+                try:
+                    status, payload = conn.recv() if conn.poll() else ("died", None)
+                except (EOFError, OSError):
+                    status, payload = "died", None
+                if status == "ok":
+                    answers[index] = payload
+                elif status == "error":
+                    kind, message, remote_traceback = payload
+                    errors.append(
+                        (
+                            index,
+                            f"{self._describe(index)} raised {kind}: {message} (during '{what}')\n"
+                            f"--- traceback in the worker ---\n{remote_traceback.rstrip()}",
+                        )
+                    )
+                    dead = dead or what == "start-up"
+                else:
+                    hint = " (its output, if any, is on stderr)" if what == "start-up" else ""
+                    errors.append((index, f"{self._describe(index)} {self._death(process)} during '{what}'{hint}"))
+                    dead = True
+        if errors:
+            message = "\n".join(text for _, text in sorted(errors))
+            if fatal or dead:
+                self._failure = message
+                self.close()
+            raise WorkerError(message)
+        return answers
+
+    def _describe(self, index: int) -> str:
+        start, stop = self.slices[index]
+        copies = f"copy {start}" if stop - start == 1 else f"copies {start}-{stop - 1}"
+        return f"worker {index} ({copies}, pid {self._processes[index].pid})"
+
+    @staticmethod
+    def _death(process: BaseProcess) -> str:
+        process.join(1.0)
+        code = process.exitcode
+        if code is None:
+            return "closed its pipe"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"was killed by signal {signal.Signals(-code).name}"
+            return f"was killed by signal {-code}"
+        return f"exited with code {code}"
+
+
+@contextlib.contextmanager
+def _child_process_settings() -> Iterator[None]:
+    """Workers start single-threaded and ignoring SIGINT (the parent handles Ctrl-C and closes them)."""
+    saved = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(_THREAD_VARIABLES, "1"))
+    # An ignored SIGINT is inherited from the start, before the worker's imports.
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        yield
+    finally:
+        if main_thread and handler is not None:
+            signal.signal(signal.SIGINT, handler)
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _shutdown(
+    processes: list[BaseProcess], conns: list[Connection], shms: list[SharedMemory], buffers: dict[str, np.ndarray]
+) -> None:
+    """Ask the workers to exit, terminate those that do not, then free the shared memory."""
+    for conn in conns:
+        with contextlib.suppress(OSError):
+            conn.send(("close", None))
+    deadline = time.monotonic() + _CLOSE_TIMEOUT
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+            process.join(1.0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        with contextlib.suppress(ValueError):
+            process.close()
+    for conn in conns:
+        conn.close()
+    buffers.clear()  # views must go before the memory they look into
+    for shm in shms:
+        with contextlib.suppress(BufferError):
+            shm.close()
+        with contextlib.suppress(FileNotFoundError):
+            shm.unlink()
+    processes.clear()
+    conns.clear()
+    shms.clear()
+
+
+def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection) -> None:
+    """A worker: build the slice, report its spaces, then answer commands until "close" or EOF."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    envs: SyncVectorEnv | None = None
+    shms: list[SharedMemory] = []
+    views: dict[str, np.ndarray] = {}
+    try:
+        try:
+            envs = SyncVectorEnv(env_fns, copy=False, autoreset_mode=AutoresetMode.NEXT_STEP)
+            conn.send(("ok", (envs.single_observation_space, envs.single_action_space)))
+        except Exception as error:
+            conn.send(("error", _remote_error(error)))
+            return
+        while True:
+            command, payload = conn.recv()
+            if command == "close":
+                return
+            try:
+                if command == "step":
+                    obs, rewards, terminated, truncated, _ = envs.step(views["actions"].copy())
+                    views["observations"][...] = obs
+                    views["rewards"][...] = rewards
+                    views["terminated"][...] = terminated
+                    views["truncated"][...] = truncated
+                    answer = None
+                elif command == "reset":
+                    seeds, options, masked = payload
+                    if not masked or options is not None:
+                        obs, _ = envs.reset(seed=seeds, options=options)
+                        views["observations"][...] = obs
+                    answer = None
+                elif command == "get_attr":
+                    answer = envs.get_attr(payload)
+                elif command == "set_attr":
+                    envs.set_attr(*payload)
+                    answer = None
+                elif command == "call":
+                    name, args, kwargs = payload
+                    answer = envs.call(name, *args, **kwargs)
+                elif command == "attach":
+                    for name, (shm_name, shape, dtype) in payload.items():
+                        shms.append(SharedMemory(name=shm_name))
+                        rows = envs.num_envs
+                        views[name] = np.ndarray(shape, np.dtype(dtype), buffer=shms[-1].buf)[start : start + rows]
+                    answer = None
+                else:
+                    raise ValueError(f"unknown command {command!r}")
+                conn.send(("ok", answer))
+            except Exception as error:
+                conn.send(("error", _remote_error(error)))
+    except (EOFError, OSError):
+        pass  # the parent is gone
+    finally:
+        views.clear()
+        for shm in shms:
+            shm.close()
+        if envs is not None:
+            with contextlib.suppress(Exception):
+                envs.close()
+
+
+def _remote_error(error: BaseException) -> tuple[str, str, str]:
+    return type(error).__qualname__, str(error), traceback.format_exc()

@@ -1,0 +1,195 @@
+"""WorkerVectorEnv: same results as SyncVectorEnv, identical sampled episodes for 1 and 2 workers,
+clear errors (never a hang) when a worker raises or dies, and no processes left behind."""
+
+import functools
+import multiprocessing
+import os
+import signal
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from envs import GoalTask, VelocityTask
+from metarl.config import ConfigError, config_from_dict
+from metarl.functional import parameters_of
+from metarl.policies import GaussianMLPPolicy
+from metarl.sampler import Sampler
+from metarl.tasks import make_vector_env
+from metarl.workers import WorkerError, WorkerVectorEnv, env_factory
+
+# Navigation without its batched implementation, so that workers > 1 takes the worker path.
+SINGLE_NAVIGATION = "MetaRLTest/Navigation2DSingle-v0"
+if SINGLE_NAVIGATION not in gym.envs.registration.registry:
+    gym.register(SINGLE_NAVIGATION, entry_point="envs.navigation:Navigation2DEnv", max_episode_steps=100)
+
+
+class RaisingEnv(gym.Env):
+    """Raises ValueError on its `fail_at`-th step (module level: spawned workers import it)."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def __init__(self, fail_at: int = 2) -> None:
+        self.fail_at, self._t = fail_at, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self._t += 1
+        if self._t >= self.fail_at:
+            raise ValueError(f"boom at step {self._t}")
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
+def no_children_left() -> bool:
+    return not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize(
+    ("env_id", "tasks"),
+    [
+        # Goals near the start so that some episodes terminate early (goal reached).
+        ("MetaRL/Navigation2D-v0", [GoalTask((0.05 * i, -0.05)) for i in range(5)]),
+        ("MetaRL/HalfCheetahVel-v0", [VelocityTask(0.5 * i) for i in range(5)]),
+    ],
+)
+def test_same_results_as_sync_vector_env_across_autoresets(env_id, tasks):
+    factory = env_factory(env_id, horizon=4)
+    workers = WorkerVectorEnv([factory] * 5, num_workers=2)
+    sync = SyncVectorEnv([factory] * 5, autoreset_mode=AutoresetMode.NEXT_STEP)
+    try:
+        assert workers.slices == ((0, 3), (3, 5))
+        assert workers.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+        assert workers.num_envs == 5
+        assert workers.single_observation_space == sync.single_observation_space
+        assert workers.single_action_space == sync.single_action_space
+        assert workers.observation_space == sync.observation_space
+        assert workers.action_space == sync.action_space
+        for envs in (workers, sync):
+            envs.set_attr("task", tasks)
+        assert workers.get_attr("task") == tuple(tasks)
+
+        obs, info = workers.reset(seed=11)
+        np.testing.assert_array_equal(obs, sync.reset(seed=11)[0])
+        assert info == {}
+        rng = np.random.default_rng(0)
+        space = workers.single_action_space
+        dones = np.zeros(5, dtype=int)
+        for _ in range(10):  # horizon 4: at least two autoresets
+            actions = rng.uniform(space.low, space.high, (5, *space.shape)).astype(space.dtype)
+            got, expected = workers.step(actions), sync.step(actions)
+            for a, b in zip(got[:4], expected[:4], strict=True):
+                np.testing.assert_array_equal(a, b)
+                assert a.dtype == b.dtype
+            assert got[4] == {}
+            dones += got[2] | got[3]
+        assert dones.min() >= 2
+
+        # A non-fatal remote error (unknown attribute) leaves the env usable.
+        with pytest.raises(WorkerError, match="AttributeError"):
+            workers.get_attr("no_such_attribute")
+        np.testing.assert_array_equal(workers.reset(seed=[3, 4, 5, 6, 7])[0], sync.reset(seed=3)[0])
+    finally:
+        workers.close()
+        sync.close()
+    assert no_children_left()
+
+
+def sample_twice(workers: int) -> tuple:
+    sampler = Sampler(SINGLE_NAVIGATION, episodes_per_task=3, horizon=12, seed=5, workers=workers)
+    try:
+        torch.manual_seed(0)
+        policy = GaussianMLPPolicy(2, 2, (8,))
+        goals = [{"goal": [0.1, 0.1]}, {"goal": [-0.3, 0.2]}, {"goal": [0.0, -0.4]}]
+        batches = [sampler.sample(policy, parameters_of(policy), goals) for _ in range(2)]
+        return batches, type(sampler._vector_env(3))
+    finally:
+        sampler.close()
+
+
+def test_sampled_episodes_are_identical_for_one_and_two_workers():
+    (one, kind_one), (two, kind_two) = sample_twice(1), sample_twice(2)
+    assert kind_one is SyncVectorEnv and kind_two is WorkerVectorEnv
+    for a, b in zip(one, two, strict=True):
+        for field in ("observations", "actions", "rewards", "mask", "log_probs"):
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert one[0].mask[0].sum() < one[0].mask[1].sum()  # the first goal is reached early
+    assert not torch.equal(one[0].observations, one[1].observations)  # fresh seeds per call
+    assert no_children_left()
+
+
+def test_natively_batched_ids_keep_their_own_vector_env():
+    envs = make_vector_env("MetaRL/Navigation2D-v0", 4, workers=2)
+    try:
+        assert not isinstance(envs, WorkerVectorEnv)
+    finally:
+        envs.close()
+
+
+def test_an_exception_in_step_is_reported_with_its_message_and_traceback():
+    envs = WorkerVectorEnv([functools.partial(RaisingEnv, fail_at=2)] * 3, num_workers=2)
+    envs.reset(seed=0)
+    envs.step(np.zeros((3, 2), np.float32))
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as error:
+        envs.step(np.zeros((3, 2), np.float32))
+    assert time.monotonic() - start < 10
+    message = str(error.value)
+    assert "worker 0 (copies 0-1," in message and "worker 1 (copy 2," in message
+    assert "ValueError: boom at step 2" in message
+    assert "in step" in message  # the remote traceback
+    # The copies are out of step after a failed step: the env is closed, and says why.
+    assert envs.closed and no_children_left()
+    with pytest.raises(WorkerError, match="closed after an error:\n.*boom at step 2"):
+        envs.step(np.zeros((3, 2), np.float32))
+
+
+def test_a_killed_worker_is_reported_not_waited_for():
+    envs = WorkerVectorEnv([env_factory("MetaRL/Navigation2D-v0")] * 4, num_workers=2)
+    envs.reset(seed=0)
+    os.kill(envs.worker_pids[1], signal.SIGKILL)
+    start = time.monotonic()
+    with pytest.raises(
+        WorkerError, match=r"worker 1 \(copies 2-3, pid \d+\) was killed by signal SIGKILL during 'step'"
+    ):
+        envs.step(np.zeros((4, 2), np.float32))
+    assert time.monotonic() - start < 10
+    assert envs.closed and no_children_left()
+
+
+def test_close_is_idempotent_and_leaves_no_processes():
+    envs = WorkerVectorEnv([env_factory(SINGLE_NAVIGATION, horizon=5)] * 3, num_workers=2)
+    assert len(multiprocessing.active_children()) == 2
+    envs.close()
+    envs.close()
+    assert envs.closed and no_children_left()
+    with pytest.raises(WorkerError, match="closed"):
+        envs.reset(seed=0)
+
+
+def test_bad_arguments_are_rejected_before_any_process_starts():
+    with pytest.raises(ValueError, match="num_workers must be between 1 and the number of copies"):
+        WorkerVectorEnv([env_factory(SINGLE_NAVIGATION)] * 2, num_workers=3)
+    with pytest.raises(TypeError, match="picklable"):
+        WorkerVectorEnv([lambda: RaisingEnv()] * 2, num_workers=1)
+    assert no_children_left()
+
+
+def test_config_workers():
+    with pytest.raises(ConfigError, match=r"'env.workers' must be at least 1, got 0"):
+        config_from_dict({"env": {"workers": 0}})
+    config = config_from_dict({"env": {"id": SINGLE_NAVIGATION, "workers": 2}})
+    assert config.env.workers == 2 and config_from_dict({}).env.workers == 1
+    sampler = Sampler.from_config(config)
+    try:
+        assert sampler.workers == 2
+    finally:
+        sampler.close()
