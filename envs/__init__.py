@@ -7,6 +7,7 @@ Importing this package registers every id; create environments with ``gymnasium.
 from gymnasium.envs.registration import register, registry
 
 from envs.base import DirectionTask, GoalTask, TaskEnv, VelocityTask
+from envs.batched import HalfCheetahVectorEnv, vector_entry_point
 from envs.dynamics import (
     AntCrippledEnv,
     AntRandParamsEnv,
@@ -31,6 +32,7 @@ __all__ = [
     "HalfCheetahCrippledEnv",
     "HalfCheetahDirEnv",
     "HalfCheetahRandParamsEnv",
+    "HalfCheetahVectorEnv",
     "HalfCheetahVelEnv",
     "HopperRandParamsEnv",
     "Navigation2DEnv",
@@ -46,8 +48,16 @@ FAMILIES = {
         vector_entry_point="envs.navigation:Navigation2DVectorEnv",
         max_episode_steps=100,
     ),
-    "MetaRL/HalfCheetahVel-v0": dict(entry_point="envs.locomotion:HalfCheetahVelEnv", max_episode_steps=100),
-    "MetaRL/HalfCheetahDir-v0": dict(entry_point="envs.locomotion:HalfCheetahDirEnv", max_episode_steps=100),
+    "MetaRL/HalfCheetahVel-v0": dict(
+        entry_point="envs.locomotion:HalfCheetahVelEnv",
+        vector_entry_point=vector_entry_point(HalfCheetahVelEnv),
+        max_episode_steps=100,
+    ),
+    "MetaRL/HalfCheetahDir-v0": dict(
+        entry_point="envs.locomotion:HalfCheetahDirEnv",
+        vector_entry_point=vector_entry_point(HalfCheetahDirEnv),
+        max_episode_steps=100,
+    ),
     "MetaRL/AntVel-v0": dict(entry_point="envs.locomotion:AntVelEnv", max_episode_steps=100),
     "MetaRL/AntDir-v0": dict(entry_point="envs.locomotion:AntDirEnv", max_episode_steps=100),
     "MetaRL/AntGoal-v0": dict(entry_point="envs.locomotion:AntGoalEnv", max_episode_steps=100),
@@ -63,6 +73,10 @@ FAMILIES = {
         )
     },
 }
+
+# The HalfCheetah families step all copies in one batched MuJoCo call (envs/batched.py).
+FAMILIES["MetaRL/HalfCheetahRandParams-v0"]["vector_entry_point"] = vector_entry_point(HalfCheetahRandParamsEnv)
+FAMILIES["MetaRL/HalfCheetahCrippled-v0"]["vector_entry_point"] = vector_entry_point(HalfCheetahCrippledEnv)
 
 for _id, _spec in FAMILIES.items():
     if _id not in registry:

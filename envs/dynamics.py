@@ -24,6 +24,7 @@ from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
 from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
+from numpy.typing import ArrayLike
 
 from envs.base import TaskEnv
 
@@ -63,6 +64,15 @@ class DynamicsTaskEnv(TaskEnv):
     """Mixin for a MuJoCo env whose task rescales model fields from their nominal values."""
 
     task_type = DynamicsTask
+
+    @staticmethod
+    def task_values(tasks: Sequence[DynamicsTask]) -> np.ndarray:
+        """The goal does not change with the body: one placeholder value per task."""
+        return np.zeros(len(tasks))
+
+    def forward_reward(self, x_velocity: ArrayLike, _task_values: ArrayLike = 0.0) -> np.ndarray:
+        """Gymnasium's forward reward ``w · v`` (as its ``_get_rew``), broadcasting over copies."""
+        return self._forward_reward_weight * np.asarray(x_velocity)
 
     def _store_nominal(self) -> None:
         fields = (*PHYSICAL_FIELDS, "actuator_gear")

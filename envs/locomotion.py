@@ -11,13 +11,14 @@ the paper's scale.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+from numpy.typing import ArrayLike
 
 from envs.base import DirectionTask, GoalTask, TaskEnv, VelocityTask, sample_goal_ring, sample_goal_tasks
 
@@ -42,6 +43,11 @@ class VelocityFamily(TaskEnv):
         """Out of distribution: velocities above the training range, up to ``velocity_high + 1``."""
         return sample_velocities(n, rng, self.velocity_high, self.velocity_high + 1.0)
 
+    @staticmethod
+    def task_values(tasks: Sequence[VelocityTask]) -> np.ndarray:
+        """The target velocity of each task, for `forward_reward` over many copies."""
+        return np.array([task.velocity for task in tasks], dtype=float)
+
 
 class DirectionFamily(TaskEnv):
     """Mixin: tasks are directions +1 / -1 with equal probability."""
@@ -51,6 +57,11 @@ class DirectionFamily(TaskEnv):
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[DirectionTask]:
         """Directions +1 / -1 with equal probability."""
         return [DirectionTask(int(d)) for d in rng.choice([-1, 1], size=n)]
+
+    @staticmethod
+    def task_values(tasks: Sequence[DirectionTask]) -> np.ndarray:
+        """The direction of each task, for `forward_reward` over many copies."""
+        return np.array([task.direction for task in tasks], dtype=float)
 
 
 class HalfCheetahVelEnv(VelocityFamily, HalfCheetahEnv):
@@ -86,8 +97,13 @@ class HalfCheetahVelEnv(VelocityFamily, HalfCheetahEnv):
         self.velocity_low, self.velocity_high = float(velocity_low), float(velocity_high)
         self.task = task if task is not None else VelocityTask(1.0)
 
+    @staticmethod
+    def forward_reward(x_velocity: ArrayLike, velocity: ArrayLike) -> np.ndarray:
+        """``-|v - v*|``; broadcasts over copies (the batched vector env uses it too)."""
+        return -np.abs(np.asarray(x_velocity) - velocity)
+
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
-        forward = -abs(x_velocity - self.task.velocity)
+        forward = float(self.forward_reward(x_velocity, self.task.velocity))
         ctrl = -self.control_cost(action)
         return forward + ctrl, {"reward_forward": forward, "reward_ctrl": ctrl}
 
@@ -115,8 +131,13 @@ class HalfCheetahDirEnv(DirectionFamily, HalfCheetahEnv):
         utils.EzPickle.__init__(self, task, ctrl_cost_weight, **kwargs)
         self.task = task if task is not None else DirectionTask(1)
 
+    @staticmethod
+    def forward_reward(x_velocity: ArrayLike, direction: ArrayLike) -> np.ndarray:
+        """``d · v``; broadcasts over copies (the batched vector env uses it too)."""
+        return np.asarray(x_velocity) * direction
+
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
-        forward = self.task.direction * x_velocity
+        forward = float(self.forward_reward(x_velocity, self.task.direction))
         ctrl = -self.control_cost(action)
         return forward + ctrl, {"reward_forward": forward, "reward_ctrl": ctrl}
 

@@ -39,8 +39,10 @@ class EnvConfig:
     """``episodes``: every task gets exactly ``episodes_per_task`` episodes. ``steps``: a task's
     episodes run back to back until they hold ``episodes_per_task × horizon`` steps, as the MAML
     paper's rllab sampler does, so tasks whose episodes end early (a reached goal) get more of them."""
-    workers: int = 1
-    """Processes stepping the environments (or physics threads for natively batched families)."""
+    workers: int | None = None
+    """Parallel stepping. Families with batched physics (HalfCheetah*, Navigation2D) run it on this
+    many C threads (default: one per core). Other families step in this many worker processes when
+    it is above 1 (default: in the training process). Results do not depend on it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +152,7 @@ class Config:
 # Range checks: key -> (predicate, what the value must be).
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "env.horizon": (lambda v: v is None or v > 0, "a positive integer or null"),
-    "env.workers": (lambda v: v >= 1, "at least 1"),
+    "env.workers": (lambda v: v is None or v >= 1, "at least 1, or null for the default"),
     "policy.hidden_sizes": (lambda v: all(h > 0 for h in v), "a list of positive integers"),
     "policy.init_std": (lambda v: v > 0, "positive"),
     "policy.action_bound": (lambda v: v > 0, "positive"),

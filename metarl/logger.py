@@ -5,7 +5,10 @@ The only module that writes logs. Scalar tags (also the keys of ``metrics.jsonl`
 ``returns/after_step_<k>`` (multi-step), ``loss/inner``, ``loss/outer``, ``loss/outer_after``,
 ``policy/kl``, ``policy/std``, ``policy/entropy``, ``optim/grad_norm``, ``optim/step_norm``,
 ``optim/line_search_steps``, ``optim/step_accepted``, ``time/env_steps``, ``time/env_steps_per_s``,
-``time/sample_s``, ``time/adapt_s``, ``time/outer_s``, ``time/iteration_s``.
+``time/sample_s`` (stepping the environments, policy forward included), ``time/advantages_s``
+(baseline fits and GAE), ``time/adapt_s``, ``time/outer_s`` (for TRPO split into
+``time/meta_gradient_s``, ``time/conjugate_gradient_s`` and ``time/line_search_s``),
+``time/iteration_s`` and ``time/previous_log_s`` (logging and checkpointing, one iteration late).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class RunLogger:
             pre=f"{metrics['returns/pre_adaptation']:.1f}",
             post=f"{metrics['returns/post_adaptation']:.1f}",
             s_per_it=f"{metrics['time/iteration_s']:.2f}",
+            steps_per_s=f"{metrics['time/env_steps_per_s']:,.0f}",
         )
         self.bar.update(1)
 

@@ -89,24 +89,28 @@ def sample_meta_batch(
     sampler: Sampler, policy: nn.Module, tasks: Sequence[Any], inner: InnerConfig, advantages: AdvantageConfig
 ) -> MetaBatch:
     """Alg. 3, lines 5–8 for every task at once: sample, adapt, sample again with θ'."""
-    timings = {"sample_s": 0.0, "adapt_s": 0.0}
+    timings = {"sample_s": 0.0, "advantages_s": 0.0, "adapt_s": 0.0}
+
+    def sample_with(params: Params) -> tuple[Episodes, Tensor]:
+        start = time.perf_counter()
+        sampled = sampler.sample(policy, params, tasks)
+        middle = time.perf_counter()
+        episodes = estimate_advantages(sampled, advantages)
+        timings["sample_s"] += middle - start
+        timings["advantages_s"] += time.perf_counter() - middle
+        return episodes, sampled.mean_returns
+
     params = per_task(detach(parameters_of(policy)), len(tasks))
     inner_episodes, returns = [], []
     for _ in range(inner.steps):
+        episodes, mean_returns = sample_with(params)
         start = time.perf_counter()
-        sampled = sampler.sample(policy, params, tasks)
-        returns.append(sampled.mean_returns)
-        episodes = estimate_advantages(sampled, advantages)
-        middle = time.perf_counter()
         params = detach(adapt(policy, params, [episodes], inner.lr, create_graph=False))
+        timings["adapt_s"] += time.perf_counter() - start
         inner_episodes.append(episodes)
-        timings["sample_s"] += middle - start
-        timings["adapt_s"] += time.perf_counter() - middle
-    start = time.perf_counter()
-    sampled = sampler.sample(policy, params, tasks)
-    returns.append(sampled.mean_returns)
-    outer_episodes = estimate_advantages(sampled, advantages)
-    timings["sample_s"] += time.perf_counter() - start
+        returns.append(mean_returns)
+    outer_episodes, mean_returns = sample_with(params)
+    returns.append(mean_returns)
     return MetaBatch(list(tasks), tuple(inner_episodes), outer_episodes, tuple(returns), timings)
 
 
@@ -170,15 +174,18 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     The KL is between the old and the new *adapted* policies on the post-adaptation episodes; its
     Hessian (through the inner update unless first-order) defines the trust region.
     """
+    start = time.perf_counter()
     params = list(policy.parameters())
     inner_loss_before = _inner_loss_value(policy, batch)
     loss, old_pi = meta_loss(policy, batch, inner)
     grad = flat(torch.autograd.grad(loss, params))
+    gradient_done = time.perf_counter()
 
     fvp = adapted_fisher_product(policy, batch, inner, old_pi, outer.cg_damping)
-    direction = conjugate_gradient(fvp, grad, outer.cg_iters)  # ≈ F⁻¹ g
-    curvature = 0.5 * (direction @ fvp(direction))
+    direction, f_direction = conjugate_gradient(fvp, grad, outer.cg_iters)  # ≈ F⁻¹ g, and F F⁻¹ g
+    curvature = 0.5 * (direction @ f_direction)
     full_step = direction * math.sqrt(outer.max_kl / max(curvature.item(), 1e-12))
+    cg_done = time.perf_counter()
 
     theta = flat(params).detach()
 
@@ -193,6 +200,7 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
         _assign(params, theta)
         loss_after, kl_after = loss.item(), 0.0
     step_norm = 0.0 if accepted is None else (outer.ls_backtrack_ratio**accepted * full_step).norm().item()
+    end = time.perf_counter()
     return {
         "loss/outer": loss.item(),
         "loss/outer_after": loss_after,
@@ -203,6 +211,9 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
         "optim/step_norm": step_norm,
         "optim/line_search_steps": float(accepted + 1 if accepted is not None else outer.ls_max_steps),
         "optim/step_accepted": float(accepted is not None),
+        "time/meta_gradient_s": gradient_done - start,
+        "time/conjugate_gradient_s": cg_done - gradient_done,
+        "time/line_search_s": end - cg_done,
     }
 
 

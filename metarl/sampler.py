@@ -89,8 +89,8 @@ class Sampler:
             tasks whose episodes end early get more episodes.
         seed: seeds the environment resets.
         device: where the episode tensors live.
-        workers: processes stepping the copies for families without a batched implementation
-            (`metarl.workers.WorkerVectorEnv`); results do not depend on it.
+        workers: physics threads of a batched family, or worker processes for the others
+            (`metarl.tasks.make_vector_env`); results do not depend on it.
     """
 
     def __init__(
@@ -104,7 +104,7 @@ class Sampler:
         device: str | torch.device = "cpu",
         action_bound: float = 1.0,
         batch_unit: str = "episodes",
-        workers: int = 1,
+        workers: int | None = None,
     ) -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
         self.workers = workers

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -25,7 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.envs.registration import registry
+from gymnasium.envs.registration import load_env_creator, registry
 from gymnasium.vector import VectorEnv
 
 # Namespaces whose ids are registered by importing a package.
@@ -76,21 +77,35 @@ def make_vector_env(
     num_envs: int,
     kwargs: Mapping[str, Any] | None = None,
     horizon: int | None = None,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> VectorEnv:
     """``gymnasium.make_vec``: the id's own batched implementation when it registers one, else sync.
 
-    With ``workers > 1``, an id without a batched implementation steps its copies in that many
-    processes (`metarl.workers.WorkerVectorEnv`, same results as sync); batched ones ignore `workers`.
+    `workers`: a batched implementation that takes ``num_threads`` runs its physics on that many
+    threads (None: its default). Other ids step their copies in that many processes when
+    ``workers > 1`` (`metarl.workers.WorkerVectorEnv`, same results as sync).
     """
     ensure_registered(env_id)
     spec = registry.get(env_id)
-    if workers > 1 and (spec is None or spec.vector_entry_point is None):
+    batched = spec is not None and spec.vector_entry_point is not None
+    extra: dict[str, Any] = {"max_episode_steps": horizon} if horizon is not None else {}
+    if batched and workers is not None and _accepts(spec.vector_entry_point, "num_threads"):
+        extra["num_threads"] = workers
+    elif not batched and workers is not None and workers > 1:
         from metarl.workers import WorkerVectorEnv, env_factory
 
         return WorkerVectorEnv([env_factory(env_id, kwargs, horizon)] * num_envs, min(workers, num_envs))
-    extra = {"max_episode_steps": horizon} if horizon is not None else {}
     return gym.make_vec(env_id, num_envs=num_envs, **dict(kwargs or {}), **extra)
+
+
+def _accepts(entry_point: Any, argument: str) -> bool:
+    if isinstance(entry_point, str):
+        entry_point = load_env_creator(entry_point)
+    try:
+        parameters = inspect.signature(entry_point).parameters
+    except (TypeError, ValueError):
+        return False
+    return argument in parameters
 
 
 def horizon_of(env: gym.Env, override: int | None = None) -> int:

@@ -93,7 +93,7 @@ def train(config: Config, run_dir: Path | None = None, progress: bool = True) ->
     elif config.outer.algo == "sgd":
         optimizer = torch.optim.SGD(parameters_of(policy).values(), lr=config.outer.lr)
     logger = RunLogger(run_dir, config.to_dict(), config.train.iterations, progress=progress)
-    env_steps = 0
+    env_steps, log_s = 0, 0.0
     completed = checkpoint_payload(config, policy, optimizer, 0, splits, sampler)  # the last finished iteration
 
     try:
@@ -116,15 +116,19 @@ def train(config: Config, run_dir: Path | None = None, progress: bool = True) ->
                     "time/env_steps_per_s": sum(e.num_steps for e in (*batch.inner, batch.outer))
                     / max(batch.timings["sample_s"], 1e-9),
                     "time/sample_s": batch.timings["sample_s"],
+                    "time/advantages_s": batch.timings["advantages_s"],
                     "time/adapt_s": batch.timings["adapt_s"],
                     "time/outer_s": end - outer_start,
                     "time/iteration_s": end - start,
+                    "time/previous_log_s": log_s,  # logging and checkpointing of the iteration before
                 }
             )
+            log_start = time.perf_counter()
             logger.log(iteration, metrics, [task_to_json(task) for task in tasks])
             completed = checkpoint_payload(config, policy, optimizer, iteration, splits, sampler)
             if iteration % config.train.checkpoint_every == 0 and iteration != config.train.iterations:
                 save_checkpoint(run_dir / "checkpoints" / f"iter_{iteration:06d}.pt", completed)
+            log_s = time.perf_counter() - log_start
         save_checkpoint(run_dir / "checkpoints" / "final.pt", completed)
     except BaseException:
         # Interrupted or failed mid-iteration (the parameters may be half-updated): keep the state

@@ -1,36 +1,103 @@
-"""Sampling throughput of metarl against the raw Gymnasium environment, measured side by side.
+"""Where the time of a meta-iteration goes, against the limits of the machine, measured in one run.
 
-    python scripts/benchmark.py experiments/halfcheetah_dir.yaml [--repeats 3] [--out bench.json]
+    python scripts/benchmark.py experiments/halfcheetah_vel.yaml [--iterations 4] [--out bench.json]
 
-Measures, in one process and one after another (repeated, medians reported):
-- raw: ``env.step`` of one Gymnasium environment of the config's family with random actions
-  (one core, resets included);
-- sampler: metarl's batched sampler collecting one meta-batch (tasks × episodes × horizon of the
-  config) with a policy forward at every step, in env steps per second.
-It prints the ratio sampler / raw. A benchmark, not a test: the machine's load moves the numbers,
-so compare ratios taken in the same run.
+For the config's task family and sizes it measures, one after another in this process (or in a
+fresh child process where noted):
+
+- limits: raw MuJoCo physics (``mj_step`` × frame skip, one thread; ``mujoco.rollout`` over all
+  cores) and raw ``env.step`` of the Gymnasium env with random actions (one process; one process
+  per core, run at the same time);
+- metarl's sampler: env steps/s while collecting one meta-batch (tasks × episodes × horizon),
+  policy forward included, with 1 worker and with one per core (physics threads for the natively
+  batched families, worker processes for the others);
+- a meta-iteration of training (in a fresh child process, so that its peak memory is its own):
+  wall time split into sampling, advantages (baseline fits and GAE), inner adaptation, the outer
+  step (for TRPO: meta-gradient, conjugate gradient with its Hessian-vector products, line search)
+  and logging; medians over the iterations after the first;
+- peak memory (RSS) of that training process.
+
+It prints a table with the ratios sampler / limits and each phase's share, and writes JSON. A
+benchmark, not a test: the machine's load moves the numbers, so compare ratios taken in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import os
+import platform
+import resource
 import statistics
+import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from metarl.config import load_config
+from metarl.config import Config, load_config
 from metarl.functional import parameters_of
 from metarl.policies import make_policy
 from metarl.sampler import Sampler
 from metarl.tasks import TaskSplits, make_env
 
+CORES = os.cpu_count() or 1
+PHASES = (
+    "sample_s",
+    "advantages_s",
+    "adapt_s",
+    "meta_gradient_s",
+    "conjugate_gradient_s",
+    "line_search_s",
+    "outer_other_s",
+    "log_s",
+)
 
-def raw_step_rate(env_id: str, kwargs: dict, steps: int, seed: int = 0) -> float:
-    """Env steps per second of one environment with random actions, resets included."""
+
+def physics_rates(config: Config, copies: int, steps: int = 200) -> dict[str, float] | None:
+    """Env steps/s of bare MuJoCo physics (frame skip included): one thread, and all cores."""
+    env = make_env(config.env.id, config.env.kwargs).unwrapped
+    if not hasattr(env, "model") or not hasattr(env, "frame_skip"):
+        return None
+    import mujoco
+    from mujoco import rollout
+
+    model, frame_skip = env.model, env.frame_skip
+    env.reset(seed=0)
+    spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    state = np.empty(mujoco.mj_stateSize(model, spec))
+    mujoco.mj_getState(model, env.data, state, spec)
+    rng = np.random.default_rng(0)
+    low, high = model.actuator_ctrlrange.T
+
+    data = mujoco.MjData(model)
+    controls = rng.uniform(low, high, size=(steps * 10, model.nu))
+    mujoco.mj_setState(model, data, state, spec)
+    start = time.perf_counter()
+    for control in controls:
+        data.ctrl[:] = control
+        mujoco.mj_step(model, data, nstep=frame_skip)
+    one_thread = len(controls) / (time.perf_counter() - start)
+
+    states = np.tile(state, (copies, 1))
+    threads = [mujoco.MjData(model) for _ in range(CORES)]
+    control = rng.uniform(low, high, size=(copies, 1, model.nu))
+    rollout.rollout(model, threads, states, control, nstep=frame_skip, persistent_pool=True)  # start the pool
+    start = time.perf_counter()
+    for _ in range(steps):
+        states, _ = rollout.rollout(model, threads, states, control, nstep=frame_skip, persistent_pool=True)
+        states = states[:, -1]
+    all_cores = copies * steps / (time.perf_counter() - start)
+    env.close()
+    return {"physics_1_thread": one_thread, "physics_all_cores": all_cores}
+
+
+def env_step_rate(env_id: str, kwargs: dict[str, Any], steps: int, seed: int = 0) -> float:
+    """Env steps/s of one Gymnasium environment with random actions, resets included."""
     env = make_env(env_id, kwargs)
     env.action_space.seed(seed)
     env.reset(seed=seed)
@@ -45,57 +112,137 @@ def raw_step_rate(env_id: str, kwargs: dict, steps: int, seed: int = 0) -> float
     return rate
 
 
-def sampler_rate(config_path: str) -> tuple[float, int]:
-    """Env steps per second of metarl's sampler for one meta-batch of the config, and the steps."""
-    config = load_config(config_path)
+def env_step_rates(config: Config, steps: int) -> dict[str, float]:
+    """``env.step`` rate of one process, and the summed rate of one process per core at once."""
+    one = env_step_rate(config.env.id, config.env.kwargs, steps)
+    with mp.get_context("spawn").Pool(CORES) as pool:
+        rates = pool.starmap(env_step_rate, [(config.env.id, config.env.kwargs, steps, seed) for seed in range(CORES)])
+    return {"env_step_1_process": one, "env_step_all_cores": sum(rates)}
+
+
+def sampler_rate(config: Config, workers: int) -> dict[str, float]:
+    """Env steps/s of metarl's sampler collecting one meta-batch of the config (second call timed)."""
     torch.manual_seed(0)
-    sampler = Sampler.from_config(config)
+    sampler = Sampler.from_config(config, workers=workers)
     policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
     tasks = TaskSplits(sampler.env, 0, 1, 1).sample_train(config.outer.tasks_per_batch)
-    sampler.sample(policy, parameters_of(policy), tasks)  # builds the vector env
+    params = parameters_of(policy)
+    sampler.sample(policy, params, tasks)  # builds the environments (and starts workers)
     start = time.perf_counter()
-    episodes = sampler.sample(policy, parameters_of(policy), tasks)
+    episodes = sampler.sample(policy, params, tasks)
     elapsed = time.perf_counter() - start
     sampler.close()
-    return episodes.num_steps / elapsed, episodes.num_steps
+    return {"env_steps_per_s": episodes.num_steps / elapsed, "env_steps": episodes.num_steps, "seconds": elapsed}
+
+
+def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, Any]:
+    """Run `iterations` meta-iterations exactly as `metarl.train` does; per-phase seconds and peak RSS."""
+    from metarl.config import Config
+    from metarl.logger import RunLogger
+    from metarl.maml import meta_step, sample_meta_batch
+    from metarl.train import iteration_metrics
+
+    config = Config.from_dict(config_dict)
+    torch.manual_seed(config.train.seed)
+    if config.train.num_threads is not None:
+        torch.set_num_threads(config.train.num_threads)
+    sampler = Sampler.from_config(config)
+    policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
+    splits = TaskSplits(sampler.env, config.train.seed, config.evaluation.seed, config.evaluation.num_tasks)
+    optimizer = None if config.outer.algo == "trpo" else torch.optim.Adam(policy.parameters(), lr=config.outer.lr)
+    records = []
+    with tempfile.TemporaryDirectory() as run_dir:
+        logger = RunLogger(Path(run_dir), config.to_dict(), iterations, progress=False)
+        for iteration in range(1, iterations + 1):
+            start = time.perf_counter()
+            batch = sample_meta_batch(
+                sampler, policy, splits.sample_train(config.outer.tasks_per_batch), config.inner, config.advantages
+            )
+            outer_start = time.perf_counter()
+            stats = meta_step(policy, batch, config.inner, config.outer, optimizer)
+            outer_end = time.perf_counter()
+            metrics = iteration_metrics(batch, stats, policy)
+            metrics.update({"time/iteration_s": outer_end - start, "time/env_steps_per_s": 0.0})
+            logger.log(iteration, metrics)
+            end = time.perf_counter()
+            record = {**batch.timings, "outer_s": outer_end - outer_start, "log_s": end - outer_end}
+            record.update({k.removeprefix("time/"): v for k, v in stats.items() if k.startswith("time/")})
+            known = sum(record.get(k, 0.0) for k in ("meta_gradient_s", "conjugate_gradient_s", "line_search_s"))
+            record["outer_other_s"] = record["outer_s"] - known
+            record["iteration_s"] = end - start
+            record["env_steps"] = metrics["time/batch_env_steps"]
+            records.append(record)
+        logger.close()
+    sampler.close()
+    kept = records[1:] or records  # the first iteration builds the environments
+    medians = {key: statistics.median(r.get(key, 0.0) for r in kept) for key in records[0]}
+    return {
+        "iterations": iterations,
+        "median": medians,
+        "per_iteration": records,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--raw-steps", type=int, default=20_000)
-    parser.add_argument("--out", type=Path)
+    parser.add_argument("config", help="YAML config (its env id and sizes are benchmarked)")
+    parser.add_argument("--iterations", type=int, default=4, help="meta-iterations to time (the first is warm-up)")
+    parser.add_argument("--env-steps", type=int, default=5_000, help="random-action steps for the env.step limit")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
-
-    import warnings
-
     warnings.filterwarnings("ignore", message="the task distribution has too few distinct tasks")
-    config = load_config(args.config)
-    raw, sampled, steps = [], [], 0
-    for _ in range(args.repeats):
-        raw.append(raw_step_rate(config.env.id, config.env.kwargs, args.raw_steps))
-        rate, steps = sampler_rate(args.config)
-        sampled.append(rate)
+
+    config = load_config(args.config, args.set)
+    copies = config.outer.tasks_per_batch * config.inner.episodes_per_task
+    print(
+        f"{config.env.id}: {config.outer.tasks_per_batch} tasks x {config.inner.episodes_per_task} episodes, "
+        f"{CORES} cores, torch {torch.__version__}"
+    )
+
+    limits: dict[str, float] = {}
+    limits.update(physics_rates(config, copies) or {})
+    limits.update(env_step_rates(config, args.env_steps))
+    samplers = {f"{w}_workers": sampler_rate(config, w) for w in sorted({1, CORES})}
+    with mp.get_context("spawn").Pool(1) as pool:
+        iteration = pool.apply(meta_iterations, (config.to_dict(), args.iterations))
+
+    best = max(s["env_steps_per_s"] for s in samplers.values())
+    ratios = {f"sampler_over_{name}": best / rate for name, rate in limits.items()}
+    median = iteration["median"]
+    shares = {phase: median.get(phase, 0.0) / median["iteration_s"] for phase in PHASES}
     result = {
         "config": args.config,
+        "overrides": args.set,
         "env": config.env.id,
-        "meta_batch_env_steps": steps,
-        "raw_env_step_per_s": statistics.median(raw),
-        "sampler_env_steps_per_s": statistics.median(sampled),
-        "ratio_sampler_over_raw": statistics.median(sampled) / statistics.median(raw),
-        "repeats": {"raw": raw, "sampler": sampled},
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
+        "cores": CORES,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "limits_env_steps_per_s": limits,
+        "sampler": samplers,
+        "ratios": ratios,
+        "meta_iteration": iteration,
+        "phase_shares": shares,
     }
-    print(f"{config.env.id}: raw env.step (1 env, random actions) {result['raw_env_step_per_s']:,.0f} steps/s")
+
+    print("\nlimits (env steps/s)")
+    for name, rate in limits.items():
+        print(f"  {name:<22} {rate:>12,.0f}   sampler / this = {best / rate:.2f}")
+    print("metarl sampler, one meta-batch (env steps/s, policy included)")
+    for name, sample in samplers.items():
+        print(f"  {name:<22} {sample['env_steps_per_s']:>12,.0f}   ({sample['env_steps']:,} steps)")
     print(
-        f"metarl sampler ({steps:,} steps per meta-batch, policy included) "
-        f"{result['sampler_env_steps_per_s']:,.0f} steps/s"
+        f"meta-iteration (median of {max(args.iterations - 1, 1)}): {median['iteration_s']:.3f} s, "
+        f"{median['env_steps']:,.0f} env steps, peak RSS {iteration['peak_rss_mib']:,.0f} MiB"
     )
-    print(f"ratio sampler / raw: {result['ratio_sampler_over_raw']:.2f}")
+    for phase in PHASES:
+        print(f"  {phase.removesuffix('_s'):<22} {median.get(phase, 0.0):>8.3f} s  {100 * shares[phase]:5.1f}%")
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
+        print(f"\nwritten to {args.out}")
 
 
 if __name__ == "__main__":

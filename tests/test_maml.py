@@ -21,7 +21,7 @@ from metarl.maml import (
 from metarl.policies import GaussianMLPPolicy
 from metarl.sampler import Episodes, Sampler
 from metarl.tasks import TaskSplits
-from metarl.trpo import flat
+from metarl.trpo import conjugate_gradient, flat
 
 
 def synthetic_episodes(generator, tasks=2, episodes=3, horizon=4, obs_dim=2, act_dim=2, dtype=torch.float64):
@@ -173,3 +173,15 @@ def test_packing_steps_leaves_the_losses_unchanged(policy):
     params = per_task(parameters_of(policy), 2)
     torch.testing.assert_close(inner_loss(policy, params, packed), inner_loss(policy, params, episodes))
     torch.testing.assert_close(surrogate_loss(policy, params, packed), surrogate_loss(policy, params, episodes))
+
+
+def test_conjugate_gradient_solves_and_returns_the_product():
+    generator = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 6, dtype=torch.float64, generator=generator)
+    a = m @ m.T + 6 * torch.eye(6, dtype=torch.float64)  # symmetric positive definite
+    b = torch.randn(6, dtype=torch.float64, generator=generator)
+    x, ax = conjugate_gradient(lambda v: a @ v, b, iters=6)
+    torch.testing.assert_close(x, torch.linalg.solve(a, b))
+    torch.testing.assert_close(ax, a @ x)  # b - r: the curvature xᵀAx costs no extra product
+    x3, ax3 = conjugate_gradient(lambda v: a @ v, b, iters=3)  # truncated, as TRPO uses it
+    torch.testing.assert_close(ax3, a @ x3)

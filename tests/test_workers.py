@@ -184,10 +184,10 @@ def test_bad_arguments_are_rejected_before_any_process_starts():
 
 
 def test_config_workers():
-    with pytest.raises(ConfigError, match=r"'env.workers' must be at least 1, got 0"):
+    with pytest.raises(ConfigError, match=r"'env.workers' must be at least 1, or null for the default, got 0"):
         config_from_dict({"env": {"workers": 0}})
     config = config_from_dict({"env": {"id": SINGLE_NAVIGATION, "workers": 2}})
-    assert config.env.workers == 2 and config_from_dict({}).env.workers == 1
+    assert config.env.workers == 2 and config_from_dict({}).env.workers is None
     sampler = Sampler.from_config(config)
     try:
         assert sampler.workers == 2
