@@ -26,10 +26,11 @@ from torch.distributions import Distribution, kl_divergence
 
 from metarl.baselines import fit_linear_baseline
 from metarl.config import AdvantageConfig, InnerConfig, OuterConfig
+from metarl.curvature import GaussianMLPCurvature, Product, autograd_products, supports_fast_curvature
 from metarl.functional import Params, detach, distribution, parameters_of, per_task, sgd_step
 from metarl.returns import discounted_returns, generalized_advantages, masked_mean, normalize
 from metarl.sampler import Episodes, Sampler, pack_steps
-from metarl.trpo import conjugate_gradient, flat, hessian_vector_product, line_search
+from metarl.trpo import conjugate_gradient, flat, line_search
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,31 +228,18 @@ def adapted_fisher_product(
     ``J_i = I − α ∇²L_i(θ)`` (symmetric; a product of such factors for several steps, the identity
     for first-order MAML). Applying the factors as separate Hessian-vector products avoids
     back-propagating twice through the inner update's own gradient graph (third derivatives).
+    Everything the products need is computed once here and reused by every CG iteration.
     """
     num_tasks = len(batch.tasks)
-    params = {
-        name: p.detach().clone().requires_grad_() for name, p in per_task(parameters_of(policy), num_tasks).items()
-    }
-    inner_steps = []  # (θ^(j), ∇L_j(θ^(j)) with graph) for every inner step j
-    with torch.enable_grad():
-        for episodes in batch.inner:
-            grads = torch.autograd.grad(
-                inner_loss(policy, params, episodes).sum(), list(params.values()), create_graph=not inner.first_order
-            )
-            inner_steps.append((list(params.values()), grads))
-            params = {
-                n: (p - inner.lr * g).detach().requires_grad_() for (n, p), g in zip(params.items(), grads, strict=True)
-            }
-        adapted = list(params.values())
-        kl = mean_kl(old_pi, distribution(policy, params, batch.outer.observations), batch.outer.mask)
-        kl_grads = torch.autograd.grad(kl, adapted, create_graph=True)
+    params = [per_task(detach(parameters_of(policy)), num_tasks)]  # θ^(j) before inner step j
+    for episodes in batch.inner:
+        params.append(detach(adapt(policy, params[-1], [episodes], inner.lr, create_graph=False)))
+    adapted = params.pop()
+    hessians, fisher = _curvature_products(policy, batch, params, adapted, old_pi, with_inner=not inner.first_order)
 
     def jacobian_product(vectors: list[Tensor], transpose: bool) -> list[Tensor]:
-        if inner.first_order:
-            return vectors
-        for step_params, step_grads in reversed(inner_steps) if transpose else inner_steps:
-            hv = hessian_vector_product(step_grads, step_params, vectors)
-            vectors = [v - inner.lr * h for v, h in zip(vectors, hv, strict=True)]
+        for hessian in reversed(hessians) if transpose else hessians:
+            vectors = [v - inner.lr * h for v, h in zip(vectors, hessian(vectors), strict=True)]
         return vectors
 
     shapes = [p.shape for p in policy.parameters()]
@@ -260,11 +248,33 @@ def adapted_fisher_product(
         pieces = torch.split(v, [math.prod(s) for s in shapes])
         per_task_v = [piece.view(s).expand(num_tasks, *s).contiguous() for piece, s in zip(pieces, shapes, strict=True)]
         w = jacobian_product(per_task_v, transpose=False)
-        w = hessian_vector_product(kl_grads, adapted, w)
+        w = fisher(w)
         w = jacobian_product(w, transpose=True)
         return flat([x.sum(0) for x in w]) + damping * v
 
     return product
+
+
+def _curvature_products(
+    policy: nn.Module, batch: MetaBatch, params: list[Params], adapted: Params, old_pi: Distribution, with_inner: bool
+) -> tuple[list[Product], Product]:
+    """Hessian products of each inner loss (at θ^(j)) and of the KL (at θ'): R-operator products for
+    metarl's Gaussian MLP, double back-propagation for any other policy (same numbers)."""
+    inner_batches = batch.inner if with_inner else ()
+    outer = batch.outer
+    if supports_fast_curvature(policy):
+        hessians = [
+            GaussianMLPCurvature(policy, at, episodes.observations).reinforce_hessian_product(episodes)
+            for at, episodes in zip(params[: len(inner_batches)], inner_batches, strict=True)
+        ]
+        weights = outer.mask / outer.mask.sum((-2, -1), keepdim=True).clamp(min=1) / len(batch.tasks)
+        return hessians, GaussianMLPCurvature(policy, adapted, outer.observations).fisher_product(weights)
+    losses = [lambda p, episodes=episodes: inner_loss(policy, p, episodes).sum() for episodes in inner_batches]
+
+    def kl(p: Params) -> Tensor:
+        return mean_kl(old_pi, distribution(policy, p, outer.observations), outer.mask)
+
+    return autograd_products(params[: len(losses)], losses, adapted, kl)
 
 
 def gradient_step(

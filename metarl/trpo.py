@@ -1,5 +1,5 @@
-"""Trust-region optimisation helpers (Schulman et al. 2015): conjugate gradient, Hessian-vector
-products and a KL-constrained backtracking line search."""
+"""Trust-region optimisation helpers (Schulman et al. 2015): conjugate gradient and a KL-constrained
+backtracking line search (the curvature products live in `metarl.curvature`)."""
 
 from __future__ import annotations
 
@@ -36,13 +36,6 @@ def conjugate_gradient(
         p = r + (rr_next / rr) * p
         rr = rr_next
     return x, b - r
-
-
-def hessian_vector_product(
-    grads: Sequence[Tensor], params: Sequence[Tensor], vectors: Sequence[Tensor]
-) -> list[Tensor]:
-    """``H v`` for the Hessian of the function whose gradient graph `grads` (w.r.t. `params`) is."""
-    return list(torch.autograd.grad(grads, params, grad_outputs=vectors, retain_graph=True))
 
 
 def line_search(

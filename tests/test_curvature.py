@@ -1,0 +1,89 @@
+"""The R-operator curvature products of the Gaussian MLP equal autograd's double backward."""
+
+import pytest
+import torch
+
+from metarl.config import InnerConfig
+from metarl.curvature import GaussianMLPCurvature, autograd_products, supports_fast_curvature
+from metarl.functional import detach, distribution, parameters_of, per_task
+from metarl.maml import MetaBatch, adapted_fisher_product, adapted_parameters, inner_loss, mean_kl, pack_steps
+from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
+from metarl.sampler import Episodes
+from metarl.trpo import flat
+from tests.test_maml import synthetic_episodes
+
+
+def perturbed_params(policy, tasks, generator):
+    """Per-task parameters that differ between tasks (as adapted parameters do)."""
+    return {
+        name: p.detach() + 0.3 * torch.randn(tasks, *p.shape, generator=generator, dtype=p.dtype)
+        for name, p in parameters_of(policy).items()
+    }
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_inner_hessian_and_fisher_products_match_autograd(activation):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, (7, 5), activation, init_std=0.8).double()
+    g = torch.Generator().manual_seed(1)
+    episodes = pack_steps(synthetic_episodes(g, tasks=3, obs_dim=3))
+    params = perturbed_params(policy, 3, g)
+    old_pi = distribution(policy, params, episodes.observations)
+    [inner_reference], fisher_reference = autograd_products(
+        [params],
+        [lambda p: inner_loss(policy, p, episodes).sum()],
+        params,
+        lambda p: mean_kl(old_pi, distribution(policy, p, episodes.observations), episodes.mask),
+    )
+    curvature = GaussianMLPCurvature(policy, params, episodes.observations)
+    weights = episodes.mask / episodes.mask.sum((-2, -1), keepdim=True) / 3
+    vectors = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params.values()]
+    for fast, reference in (
+        (curvature.reinforce_hessian_product(episodes), inner_reference),
+        (curvature.fisher_product(weights), fisher_reference),
+    ):
+        expected = reference(vectors)
+        assert flat(expected).abs().max() > 1e-3  # a real comparison, not of zeros
+        torch.testing.assert_close(flat(fast(vectors)), flat(expected))
+
+
+def test_other_policies_use_autograd_with_the_same_result():
+    torch.manual_seed(0)
+    policy = CategoricalMLPPolicy(2, 3, (6,), "tanh").double()
+    assert not supports_fast_curvature(policy)
+    g = torch.Generator().manual_seed(2)
+
+    def categorical(episodes: Episodes) -> Episodes:
+        actions = torch.randint(0, 3, episodes.mask.shape, generator=g)
+        return Episodes(**{**episodes.__dict__, "actions": actions})
+
+    batch = MetaBatch([0, 1], (categorical(synthetic_episodes(g)),), categorical(synthetic_episodes(g)), ())
+    inner = InnerConfig(lr=0.5)
+    params = list(policy.parameters())
+    adapted = adapted_parameters(policy, batch, inner, create_graph=True)
+    with torch.no_grad():
+        old_pi = distribution(policy, detach(adapted), batch.outer.observations)
+    kl = mean_kl(old_pi, distribution(policy, adapted, batch.outer.observations), batch.outer.mask)
+    kl_grad = flat(torch.autograd.grad(kl, params, create_graph=True))
+    v = torch.randn(kl_grad.shape, generator=g, dtype=kl_grad.dtype)
+    reference = flat(torch.autograd.grad(kl_grad @ v, params))
+    torch.testing.assert_close(adapted_fisher_product(policy, batch, inner, old_pi, damping=0.0)(v), reference)
+
+
+def test_a_clamped_log_std_has_no_curvature():
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (4,), "tanh", min_std=0.5).double()
+    g = torch.Generator().manual_seed(3)
+    episodes = pack_steps(synthetic_episodes(g))
+    params = per_task(detach(parameters_of(policy)), 2)
+    params = {**params, "log_std": torch.tensor([[-2.0, 0.1], [0.2, -3.0]], dtype=torch.float64)}  # 2 clamped
+    old_pi = distribution(policy, params, episodes.observations)
+    [reference], _ = autograd_products(
+        [params],
+        [lambda p: inner_loss(policy, p, episodes).sum()],
+        params,
+        lambda p: mean_kl(old_pi, distribution(policy, p, episodes.observations), episodes.mask),
+    )
+    vectors = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params.values()]
+    fast = GaussianMLPCurvature(policy, params, episodes.observations).reinforce_hessian_product(episodes)
+    torch.testing.assert_close(flat(fast(vectors)), flat(reference(vectors)))
