@@ -178,14 +178,15 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     start = time.perf_counter()
     params = list(policy.parameters())
     inner_loss_before = _inner_loss_value(policy, batch)
-    loss, old_pi = meta_loss(policy, batch, inner)
-    grad = flat(torch.autograd.grad(loss, params))
+    curvature = adaptation_curvature(policy, batch, inner)
+    loss, grad = curvature.meta_gradient(policy, batch.outer)
+    old_pi = curvature.old_pi
     gradient_done = time.perf_counter()
 
-    fvp = adapted_fisher_product(policy, batch, inner, old_pi, outer.cg_damping)
+    fvp = curvature.kl_hessian_product(outer.cg_damping)
     direction, f_direction = conjugate_gradient(fvp, grad, outer.cg_iters)  # ≈ F⁻¹ g, and F F⁻¹ g
-    curvature = 0.5 * (direction @ f_direction)
-    full_step = direction * math.sqrt(outer.max_kl / max(curvature.item(), 1e-12))
+    step_curvature = 0.5 * (direction @ f_direction)
+    full_step = direction * math.sqrt(outer.max_kl / max(step_curvature.item(), 1e-12))
     cg_done = time.perf_counter()
 
     theta = flat(params).detach()
@@ -218,63 +219,86 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     }
 
 
-def adapted_fisher_product(
-    policy: nn.Module, batch: MetaBatch, inner: InnerConfig, old_pi: Distribution, damping: float
-) -> Callable[[Tensor], Tensor]:
-    """``v -> (∇²θ KL + damping·I) v`` for the KL between old and new adapted policies.
+@dataclasses.dataclass(frozen=True)
+class AdaptationCurvature:
+    """Derivatives of the adaptation θ → θ'(θ) at the current θ, computed once per outer step.
 
-    At the current θ the KL is minimal in θ', so its Hessian in θ is exactly ``Σ_i J_iᵀ H_i J_i``,
-    with ``H_i`` the Hessian of task i's KL in θ'_i and ``J_i = ∂θ'_i/∂θ``. For one inner step
-    ``J_i = I − α ∇²L_i(θ)`` (symmetric; a product of such factors for several steps, the identity
-    for first-order MAML). Applying the factors as separate Hessian-vector products avoids
-    back-propagating twice through the inner update's own gradient graph (third derivatives).
-    Everything the products need is computed once here and reused by every CG iteration.
+    At the current θ the KL between old and new adapted policies is minimal in θ', so its Hessian
+    in θ is exactly ``Σ_i J_iᵀ H_i J_i``, with ``H_i`` the Hessian of task i's KL in θ'_i and
+    ``J_i = ∂θ'_i/∂θ``. For one inner step ``J_i = I − α ∇²L_i(θ)`` (symmetric; a product of such
+    factors for several steps, the identity for first-order MAML). The meta-gradient is likewise
+    ``Σ_i J_iᵀ ∇θ'L(θ'_i)``. Applying the factors as Hessian-vector products avoids
+    back-propagating through the inner update's own gradient graph (third derivatives for the KL).
     """
+
+    adapted: Params  # θ'_i for every task (constants)
+    old_pi: Distribution  # π_θ' on the post-adaptation observations
+    lr: float
+    inner_hessians: list[Product]  # v -> ∇²L_j v at θ^(j), one per inner step (none for first-order)
+    kl_hessian: Product  # v -> H v in θ'
+
+    def jacobian_product(self, vectors: list[Tensor], transpose: bool = False) -> list[Tensor]:
+        """``J v`` (or ``Jᵀ v``) per task, for vectors with a leading task dimension."""
+        for hessian in reversed(self.inner_hessians) if transpose else self.inner_hessians:
+            vectors = [v - self.lr * h for v, h in zip(vectors, hessian(vectors), strict=True)]
+        return vectors
+
+    def meta_gradient(self, policy: nn.Module, outer: Episodes) -> tuple[Tensor, Tensor]:
+        """The meta-objective at θ and its gradient ``Σ_i J_iᵀ ∇θ'L(θ'_i)`` as a flat vector."""
+        adapted = {name: p.detach().requires_grad_() for name, p in self.adapted.items()}
+        with torch.enable_grad():
+            loss = surrogate_loss(policy, adapted, outer)
+            grads = torch.autograd.grad(loss, list(adapted.values()))
+        return loss.detach(), flat([g.sum(0) for g in self.jacobian_product(list(grads), transpose=True)])
+
+    def kl_hessian_product(self, damping: float) -> Callable[[Tensor], Tensor]:
+        """``v -> (∇²θ KL + damping·I) v`` on flat vectors of θ's size."""
+        shapes = [p.shape[1:] for p in self.adapted.values()]
+        num_tasks = next(iter(self.adapted.values())).shape[0]
+
+        def product(v: Tensor) -> Tensor:
+            pieces = torch.split(v, [math.prod(s) for s in shapes])
+            w = [piece.view(s).expand(num_tasks, *s).contiguous() for piece, s in zip(pieces, shapes, strict=True)]
+            w = self.jacobian_product(self.kl_hessian(self.jacobian_product(w)), transpose=True)
+            return flat([x.sum(0) for x in w]) + damping * v
+
+        return product
+
+
+def adaptation_curvature(policy: nn.Module, batch: MetaBatch, inner: InnerConfig) -> AdaptationCurvature:
+    """θ^(j) along the inner steps, θ', and the curvature products at them (see `AdaptationCurvature`):
+    R-operator products for metarl's Gaussian MLP, double back-propagation for any other policy."""
     num_tasks = len(batch.tasks)
     params = [per_task(detach(parameters_of(policy)), num_tasks)]  # θ^(j) before inner step j
     for episodes in batch.inner:
         params.append(detach(adapt(policy, params[-1], [episodes], inner.lr, create_graph=False)))
     adapted = params.pop()
-    hessians, fisher = _curvature_products(policy, batch, params, adapted, old_pi, with_inner=not inner.first_order)
-
-    def jacobian_product(vectors: list[Tensor], transpose: bool) -> list[Tensor]:
-        for hessian in reversed(hessians) if transpose else hessians:
-            vectors = [v - inner.lr * h for v, h in zip(vectors, hessian(vectors), strict=True)]
-        return vectors
-
-    shapes = [p.shape for p in policy.parameters()]
-
-    def product(v: Tensor) -> Tensor:
-        pieces = torch.split(v, [math.prod(s) for s in shapes])
-        per_task_v = [piece.view(s).expand(num_tasks, *s).contiguous() for piece, s in zip(pieces, shapes, strict=True)]
-        w = jacobian_product(per_task_v, transpose=False)
-        w = fisher(w)
-        w = jacobian_product(w, transpose=True)
-        return flat([x.sum(0) for x in w]) + damping * v
-
-    return product
-
-
-def _curvature_products(
-    policy: nn.Module, batch: MetaBatch, params: list[Params], adapted: Params, old_pi: Distribution, with_inner: bool
-) -> tuple[list[Product], Product]:
-    """Hessian products of each inner loss (at θ^(j)) and of the KL (at θ'): R-operator products for
-    metarl's Gaussian MLP, double back-propagation for any other policy (same numbers)."""
-    inner_batches = batch.inner if with_inner else ()
     outer = batch.outer
+    with torch.no_grad():
+        old_pi = distribution(policy, adapted, outer.observations)
+    inner_batches = () if inner.first_order else batch.inner
     if supports_fast_curvature(policy):
         hessians = [
             GaussianMLPCurvature(policy, at, episodes.observations).reinforce_hessian_product(episodes)
             for at, episodes in zip(params[: len(inner_batches)], inner_batches, strict=True)
         ]
-        weights = outer.mask / outer.mask.sum((-2, -1), keepdim=True).clamp(min=1) / len(batch.tasks)
-        return hessians, GaussianMLPCurvature(policy, adapted, outer.observations).fisher_product(weights)
-    losses = [lambda p, episodes=episodes: inner_loss(policy, p, episodes).sum() for episodes in inner_batches]
+        weights = outer.mask / outer.mask.sum((-2, -1), keepdim=True).clamp(min=1) / num_tasks
+        kl_hessian = GaussianMLPCurvature(policy, adapted, outer.observations).fisher_product(weights)
+    else:
+        losses = [lambda p, episodes=episodes: inner_loss(policy, p, episodes).sum() for episodes in inner_batches]
 
-    def kl(p: Params) -> Tensor:
-        return mean_kl(old_pi, distribution(policy, p, outer.observations), outer.mask)
+        def kl(p: Params) -> Tensor:
+            return mean_kl(old_pi, distribution(policy, p, outer.observations), outer.mask)
 
-    return autograd_products(params[: len(losses)], losses, adapted, kl)
+        hessians, kl_hessian = autograd_products(params[: len(losses)], losses, adapted, kl)
+    return AdaptationCurvature(adapted, old_pi, inner.lr, hessians, kl_hessian)
+
+
+def adapted_fisher_product(
+    policy: nn.Module, batch: MetaBatch, inner: InnerConfig, damping: float
+) -> Callable[[Tensor], Tensor]:
+    """``v -> (∇²θ KL + damping·I) v`` for the KL between old and new adapted policies at θ."""
+    return adaptation_curvature(policy, batch, inner).kl_hessian_product(damping)
 
 
 def gradient_step(
