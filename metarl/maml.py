@@ -265,9 +265,12 @@ class AdaptationCurvature:
         return product
 
 
-def adaptation_curvature(policy: nn.Module, batch: MetaBatch, inner: InnerConfig) -> AdaptationCurvature:
+def adaptation_curvature(
+    policy: nn.Module, batch: MetaBatch, inner: InnerConfig, backend: str = "auto"
+) -> AdaptationCurvature:
     """θ^(j) along the inner steps, θ', and the curvature products at them (see `AdaptationCurvature`):
-    R-operator products for metarl's Gaussian MLP, double back-propagation for any other policy."""
+    R-operator products for metarl's Gaussian MLP, double back-propagation for any other policy
+    (or for any policy with ``backend="autograd"``; the numbers are the same)."""
     num_tasks = len(batch.tasks)
     params = [per_task(detach(parameters_of(policy)), num_tasks)]  # θ^(j) before inner step j
     for episodes in batch.inner:
@@ -277,7 +280,7 @@ def adaptation_curvature(policy: nn.Module, batch: MetaBatch, inner: InnerConfig
     with torch.no_grad():
         old_pi = distribution(policy, adapted, outer.observations)
     inner_batches = () if inner.first_order else batch.inner
-    if supports_fast_curvature(policy):
+    if backend == "auto" and supports_fast_curvature(policy):
         hessians = [
             GaussianMLPCurvature(policy, at, episodes.observations).reinforce_hessian_product(episodes)
             for at, episodes in zip(params[: len(inner_batches)], inner_batches, strict=True)

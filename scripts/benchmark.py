@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metarl.config import Config, load_config
+from metarl.config import Config, config_from_dict, load_config
 from metarl.functional import parameters_of
 from metarl.policies import make_policy
 from metarl.sampler import Sampler
@@ -123,7 +123,7 @@ def env_step_rates(config: Config, steps: int) -> dict[str, float]:
 def sampler_rate(config: Config, workers: int) -> dict[str, float]:
     """Env steps/s of metarl's sampler collecting one meta-batch of the config (second call timed)."""
     torch.manual_seed(0)
-    sampler = Sampler.from_config(config, workers=workers)
+    sampler = Sampler.from_config(config_from_dict(config.to_dict(), [f"env.workers={workers}"]))
     policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
     tasks = TaskSplits(sampler.env, 0, 1, 1).sample_train(config.outer.tasks_per_batch)
     params = parameters_of(policy)
@@ -137,12 +137,11 @@ def sampler_rate(config: Config, workers: int) -> dict[str, float]:
 
 def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, Any]:
     """Run `iterations` meta-iterations exactly as `metarl.train` does; per-phase seconds and peak RSS."""
-    from metarl.config import Config
     from metarl.logger import RunLogger
-    from metarl.maml import meta_step, sample_meta_batch
+    from metarl.maml import adaptation_curvature, meta_step, sample_meta_batch
     from metarl.train import iteration_metrics
 
-    config = Config.from_dict(config_dict)
+    config = config_from_dict(config_dict)
     torch.manual_seed(config.train.seed)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
@@ -173,6 +172,16 @@ def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, A
             record["env_steps"] = metrics["time/batch_env_steps"]
             records.append(record)
         logger.close()
+        # The curvature product used by each CG iteration, both ways, on the last batch.
+        products = {}
+        for backend in ("auto", "autograd"):
+            product = adaptation_curvature(policy, batch, config.inner, backend).kl_hessian_product(1e-5)
+            v = torch.randn(sum(p.numel() for p in policy.parameters()))
+            product(v)
+            start = time.perf_counter()
+            for _ in range(3):
+                product(v)
+            products[backend] = (time.perf_counter() - start) / 3
     sampler.close()
     kept = records[1:] or records  # the first iteration builds the environments
     medians = {key: statistics.median(r.get(key, 0.0) for r in kept) for key in records[0]}
@@ -181,6 +190,7 @@ def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, A
         "median": medians,
         "per_iteration": records,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "curvature_product_s": {"r_operator" if k == "auto" else k: v for k, v in products.items()},
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -239,6 +249,11 @@ def main() -> None:
     )
     for phase in PHASES:
         print(f"  {phase.removesuffix('_s'):<22} {median.get(phase, 0.0):>8.3f} s  {100 * shares[phase]:5.1f}%")
+    products = iteration["curvature_product_s"]
+    print(
+        f"one curvature product (J^T H J v): {1e3 * products['r_operator']:.1f} ms with the R-operator, "
+        f"{1e3 * products['autograd']:.1f} ms with autograd's double backward"
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
