@@ -43,7 +43,7 @@ def test_navigation_experiment():
     assert config.policy == PolicyConfig(
         hidden_sizes=[100, 100], activation="relu", init_std=1.0, action_scaling="normalize"
     )
-    assert config.inner == InnerConfig(lr=0.1, steps=1, episodes_per_task=20, first_order=False)
+    assert config.inner == InnerConfig(lr=0.5, steps=1, episodes_per_task=20, first_order=False)
     assert config.outer.algo == "trpo"
     assert config.outer.tasks_per_batch == 20
     assert config.outer.max_kl == 0.01
@@ -56,9 +56,9 @@ def test_navigation_experiment():
     assert config.advantages.normalize is True
     assert config.train.iterations == 100
     assert config.train.checkpoint_every == 25
-    assert config.env.batch_unit == "episodes"
+    assert config.env.batch_unit == "steps"
     assert config.evaluation == EvaluationConfig(
-        num_tasks=40, adapt_steps=3, episodes_per_task=40, lr=0.1, later_lr_scale=0.5, seed=1, batch_unit="steps"
+        num_tasks=40, adapt_steps=3, episodes_per_task=40, lr=0.5, later_lr_scale=0.5, seed=1, batch_unit="steps"
     )
 
 
