@@ -86,6 +86,7 @@ class TaskEnv:
     """
 
     task_type: ClassVar[type]
+    task_changes_model: ClassVar[bool] = False  # True where setting a task rewrites the simulator's model
     _task: Any
 
     @property

@@ -2,9 +2,10 @@
 
 `HalfCheetahVectorEnv` is the ``vector_entry_point`` of the HalfCheetah families, so
 ``gymnasium.make_vec`` (and metarl's sampler) use it. The single-copy Gymnasium environment stays
-the definition: the vector env keeps one instance per copy for its task, its model (dynamics
-tasks rescale each copy's own model) and its seeded reset noise, and computes observations and
-rewards with the same formulas (the family's ``forward_reward``), for all copies at once in numpy.
+the definition: the vector env resets copies with its ``reset_model`` (each copy with its own
+seeded generator), takes each task's model from an instance of it (dynamics tasks rescale the
+model), and computes observations and rewards with the same formulas (the family's
+``forward_reward``), for all copies at once in numpy.
 What it replaces is the per-copy Python ``step``: one call per environment step runs
 ``frame_skip`` MuJoCo steps of all copies on a pool of C threads.
 
@@ -22,10 +23,13 @@ from typing import Any
 
 import mujoco
 import numpy as np
+from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from mujoco import rollout
 from numpy.typing import NDArray
+
+from envs.base import coerce_task
 
 
 class HalfCheetahVectorEnv(VectorEnv):
@@ -35,6 +39,10 @@ class HalfCheetahVectorEnv(VectorEnv):
     copies) or for all copies with ``reset(options={"task": task})``. Autoreset is Gymnasium's
     next-step mode. ``reset(seed=s)`` seeds copy i with ``s + i``, as Gymnasium's vector envs do,
     so results do not depend on the number of physics threads.
+
+    Memory stays small: one instance of `env_class` draws every copy's reset noise (with that
+    copy's own random generator), and copies share MuJoCo models: all of them for goal tasks, one
+    per distinct task for families whose task changes the model (``task_changes_model``).
 
     Args:
         env_class: the single-copy family (a subclass of Gymnasium's ``HalfCheetahEnv`` with a
@@ -55,49 +63,65 @@ class HalfCheetahVectorEnv(VectorEnv):
         num_threads: int | None = None,
         **kwargs: Any,
     ) -> None:
-        self.copies = [env_class(**kwargs) for _ in range(num_envs)]
-        first = self.copies[0]
-        if not first._exclude_current_positions_from_observation:
+        self._env_class, self._kwargs = env_class, kwargs
+        self.template = env_class(**kwargs)
+        if not self.template._exclude_current_positions_from_observation:
             raise ValueError(f"{type(self).__name__} needs exclude_current_positions_from_observation=True")
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
-        self.single_observation_space, self.single_action_space = first.observation_space, first.action_space
+        self.single_observation_space = self.template.observation_space
+        self.single_action_space = self.template.action_space
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.frame_skip, self.dt = first.frame_skip, first.dt
+        self.frame_skip, self.dt = self.template.frame_skip, self.template.dt
         self.num_threads = num_threads or os.cpu_count() or 1
-        self._models = [env.model for env in self.copies]  # dynamics tasks edit these in place
-        self._threads = [mujoco.MjData(first.model) for _ in range(self.num_threads)]
-        self._nq, self._nv = first.model.nq, first.model.nv
-        self._state = np.zeros((num_envs, mujoco.mj_stateSize(first.model, mujoco.mjtState.mjSTATE_FULLPHYSICS)))
+        model = self.template.model
+        self._nq, self._nv, self._nu = model.nq, model.nv, model.nu
+        self._pool = rollout.Rollout(nthread=self.num_threads if self.num_threads > 1 else 0)
+        self._threads = [mujoco.MjData(model) for _ in range(self.num_threads)]
+        self._bodies: list[Any] = []  # one env per distinct task, for families whose task changes the model
+        self._rngs = [seeding.np_random()[0] for _ in range(num_envs)]
+        nstate = mujoco.mj_stateSize(model, mujoco.mjtState.mjSTATE_FULLPHYSICS)
+        self._state = np.zeros((num_envs, nstate))
+        self._states = np.zeros((num_envs, self.frame_skip, nstate))  # rollout's output buffer
+        self._no_sensors = np.zeros((num_envs, self.frame_skip, 0))
         self._warmstart = np.zeros((num_envs, self._nv))
         self._steps = np.zeros(num_envs, dtype=np.int64)
         self._needs_reset = np.zeros(num_envs, dtype=bool)
-        self._update_task_values()
+        self.set_attr("task", self.template.task)
 
     @property
     def task(self) -> tuple[Any, ...]:
         """The task of every copy."""
-        return tuple(env.task for env in self.copies)
+        return self._tasks
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[Any]:
         """The family's task distribution."""
-        return self.copies[0].sample_tasks(n, rng)
+        return self.template.sample_tasks(n, rng)
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
-        return tuple(getattr(env, name) for env in self.copies)
+        if name == "task":
+            return self.task
+        return (getattr(self.template, name),) * self.num_envs
 
     def set_attr(self, name: str, values: Any) -> None:
+        if name != "task":
+            raise AttributeError(f"{type(self).__name__} only supports set_attr('task', ...), not {name!r}")
         if not isinstance(values, (list, tuple)):
             values = [values] * self.num_envs
         if len(values) != self.num_envs:
-            raise ValueError(f"expected {self.num_envs} values of {name!r} (one per copy), got {len(values)}")
-        for env, value in zip(self.copies, values, strict=True):
-            setattr(env, name, value)
-        if name == "task":
-            self._update_task_values()
-
-    def _update_task_values(self) -> None:
-        self._task_values = self.copies[0].task_values(self.task)
+            raise ValueError(f"expected {self.num_envs} tasks (one per copy), got {len(values)}")
+        self._tasks = tuple(coerce_task(self.template.task_type, task) for task in values)
+        self._task_values = self.template.task_values(self._tasks)
+        if not self.template.task_changes_model:
+            self._models = [self.template.model] * self.num_envs
+            return
+        distinct = list(dict.fromkeys(self._tasks))
+        while len(self._bodies) < len(distinct):
+            self._bodies.append(self._env_class(**self._kwargs))
+        for body, task in zip(self._bodies, distinct, strict=False):
+            body.task = task
+        index = {task: i for i, task in enumerate(distinct)}
+        self._models = [self._bodies[index[task]].model for task in self._tasks]
 
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: Mapping[str, Any] | None = None
@@ -115,29 +139,36 @@ class HalfCheetahVectorEnv(VectorEnv):
         return self._observations(), {"task": np.array(self.task, dtype=object)}
 
     def _reset_copy(self, i: int, seed: int | None = None) -> None:
-        env = self.copies[i]
-        env.reset(seed=seed)
+        """The reference env's reset (``MujocoEnv.reset``) with copy i's own random generator."""
+        if seed is not None:
+            self._rngs[i] = seeding.np_random(seed)[0]
+        env = self.template
+        env.np_random = self._rngs[i]
+        mujoco.mj_resetData(env.model, env.data)
+        env.reset_model()
         self._state[i, 0] = env.data.time
         self._state[i, 1 : 1 + self._nq] = env.data.qpos
         self._state[i, 1 + self._nq : 1 + self._nq + self._nv] = env.data.qvel
 
     def step(self, actions: NDArray[np.floating]) -> tuple[Any, ...]:
-        actions = np.asarray(actions, dtype=np.float64).reshape(self.num_envs, -1)
+        actions = np.asarray(actions, dtype=np.float64).reshape(self.num_envs, self._nu)
         x_before = self._state[:, 1].copy()
-        states, _ = rollout.rollout(
+        control = np.ascontiguousarray(np.broadcast_to(actions[:, None, :], (self.num_envs, self.frame_skip, self._nu)))
+        self._pool.rollout(
             self._models,
             self._threads,
             self._state,
-            actions[:, None, :],
+            control,
             nstep=self.frame_skip,
             initial_warmstart=self._warmstart,
-            persistent_pool=True,
+            state=self._states,
+            sensordata=self._no_sensors,
+            skip_checks=True,  # shapes are fixed at construction; the per-model checks cost a loop per step
         )
-        self._state = states[:, -1].copy()
+        self._state[:] = self._states[:, -1]
         x_velocity = (self._state[:, 1] - x_before) / self.dt
-        template = self.copies[0]
-        forward = template.forward_reward(x_velocity, self._task_values)
-        ctrl = -template._ctrl_cost_weight * np.sum(np.square(actions), axis=1)
+        forward = self.template.forward_reward(x_velocity, self._task_values)
+        ctrl = -self.template._ctrl_cost_weight * np.sum(np.square(actions), axis=1)
         reward = forward + ctrl
         self._steps += 1
         terminated = np.zeros(self.num_envs, dtype=bool)
@@ -159,7 +190,8 @@ class HalfCheetahVectorEnv(VectorEnv):
         return self._state[:, 2 : 1 + self._nq + self._nv].copy()
 
     def close_extras(self, **kwargs: Any) -> None:
-        for env in self.copies:
+        self._pool.close()
+        for env in (self.template, *self._bodies):
             env.close()
 
 

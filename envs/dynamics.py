@@ -64,6 +64,7 @@ class DynamicsTaskEnv(TaskEnv):
     """Mixin for a MuJoCo env whose task rescales model fields from their nominal values."""
 
     task_type = DynamicsTask
+    task_changes_model = True
 
     @staticmethod
     def task_values(tasks: Sequence[DynamicsTask]) -> np.ndarray:

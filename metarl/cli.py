@@ -56,7 +56,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     from metarl.evaluation import evaluate
 
     result = evaluate(
-        args.run, args.tasks, args.adapt_steps, args.episodes, args.seed, args.out, args.split, args.batch_unit
+        args.run,
+        args.tasks,
+        args.adapt_steps,
+        args.episodes,
+        args.seed,
+        args.out,
+        args.split,
+        args.batch_unit,
+        args.tasks_file,
     )
     _print_result(result)
     return 0
@@ -66,7 +74,7 @@ def _print_result(result) -> None:
     p = result.protocol
     print(
         f"\n{result.env_id}: mean return over {len(result.tasks)} "
-        f"{'held-out' if p['split'] == 'test' else 'out-of-distribution'} tasks (± 95% CI), "
+        f"{ {'test': 'held-out', 'ood': 'out-of-distribution', 'file': 'given'}[p['split']] } tasks (± 95% CI), "
         f"{p['episodes_per_task']} episodes per step, step size {p['lr']} then {p['lr'] * p['later_lr_scale']:g}\n"
     )
     print(result.table())
@@ -150,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["episodes", "steps"],
         help="count each step's batch in episodes, or in steps of back-to-back episodes as the MAML "
         "paper (default: evaluation.batch_unit of the config)",
+    )
+    evaluate.add_argument(
+        "--tasks-file",
+        help="JSON list of tasks to evaluate on instead of a split (e.g. experiments/navigation_2d_paper_goals.json)",
     )
     evaluate.add_argument("--out", help="output directory (default: <run>/eval, or <run>/eval_ood)")
     evaluate.set_defaults(func=_evaluate)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from metarl.checkpoint import CheckpointError, load_checkpoint
-from metarl.config import Config, config_from_dict
+from metarl.config import Config, ConfigError, config_from_dict
 from metarl.functional import Params, detach, distribution, parameters_of, per_task
 from metarl.maml import adapt, estimate_advantages
 from metarl.policies import make_policy
@@ -245,17 +245,23 @@ def evaluate(
     out_dir: str | Path | None = None,
     split: str = "test",
     batch_unit: str | None = None,
+    tasks_file: str | Path | None = None,
 ) -> EvaluationResult:
     """Evaluate the meta-policy of a run directory or checkpoint on unseen tasks.
 
     ``split="test"``: the held-out tasks of the training distribution (never trained on);
     ``split="ood"``: tasks outside the training distribution, where the family defines them.
     ``batch_unit``: count each step's batch in ``episodes`` or ``steps`` (see ``env.batch_unit``).
+    ``tasks_file``: a JSON list of tasks (their JSON form) to evaluate on instead of a split, e.g.
+    the goals of a published protocol.
     Unset arguments take the run's ``evaluation`` config. Results are written to `out_dir`
     (default: ``<run dir>/eval``, or ``eval_ood``).
     """
     if split not in ("test", "ood"):
         raise ValueError(f"split must be 'test' or 'ood', got {split!r}")
+    given_tasks = _read_tasks(tasks_file) if tasks_file is not None else None
+    if given_tasks is not None:
+        num_tasks, split = len(given_tasks), "file"
     meta_policy = load(path)
     checkpoint = meta_policy.checkpoint
     overrides = {
@@ -277,7 +283,11 @@ def evaluate(
         # The held-out tasks are those the run kept out of training, whatever --seed says about sampling noise.
         task_seed = meta_policy.config.evaluation.seed
         splits = TaskSplits(sampler.env, config.train.seed, task_seed, protocol["num_tasks"])
-        tasks = splits.test if split == "test" else splits.ood(protocol["num_tasks"])
+        if given_tasks is not None:
+            _check_tasks(sampler.env, given_tasks, tasks_file)
+            tasks = given_tasks
+        else:
+            tasks = splits.test if split == "test" else splits.ood(protocol["num_tasks"])
         returns = adaptation_curve(
             meta_policy.policy,
             meta_policy.params,
@@ -298,6 +308,28 @@ def evaluate(
             checkpoint_path.parent.parent if checkpoint_path.parent.name == "checkpoints" else checkpoint_path.parent
         )
         out_dir = run_dir / ("eval" if split == "test" else f"eval_{split}")
+    if tasks_file is not None:
+        result.protocol["tasks_file"] = str(tasks_file)
     result.save(Path(out_dir))
     result.protocol["out_dir"] = str(out_dir)
     return result
+
+
+def _read_tasks(path: str | Path) -> list[Any]:
+    """A JSON list of tasks in their JSON form (environments accept that form back as a task)."""
+    try:
+        tasks = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError([f"cannot read tasks from {path}: {error}"]) from None
+    if not isinstance(tasks, list) or not tasks:
+        raise ConfigError([f'{path} must hold a non-empty JSON list of tasks, e.g. [{{"goal": [0.1, -0.3]}}]'])
+    return tasks
+
+
+def _check_tasks(env: gym.Env, tasks: Sequence[Any], path: str | Path) -> None:
+    """Every task must be one the environment accepts (each is set on a spare copy)."""
+    for i, task in enumerate(tasks):
+        try:
+            env.unwrapped.task = task
+        except (TypeError, ValueError) as error:
+            raise ConfigError([f"task {i} of {path} ({task!r}) is not a task of {env.spec.id}: {error}"]) from None

@@ -8,8 +8,9 @@ pre- and post-adaptation episodes of a whole meta-batch has no Python loop over 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -200,6 +201,12 @@ class Sampler:
     @torch.no_grad()
     def _sample_episodes(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
         """One episode in each of the E copies of every task, all in lockstep."""
+        # The per-step policy forward is small; torch's idle threads would spin on the cores the
+        # physics threads (or workers) need, so sampling runs torch on one thread.
+        with _torch_threads(1):
+            return self._lockstep_episodes(policy, params, tasks)
+
+    def _lockstep_episodes(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
         num_tasks, num_episodes = len(tasks) if tasks is not None else 1, self.episodes_per_task
         envs = self._vector_env(num_tasks)
         if tasks is not None:
@@ -238,6 +245,16 @@ class Sampler:
             envs.close()
         self._vector_envs.clear()
         self.env.close()
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def concat_episodes(batches: Sequence[Episodes]) -> Episodes:

@@ -271,3 +271,27 @@ def test_evaluate_out_of_distribution_split(trained_run, tmp_path, capsys):
     goals = np.array([t["goal"] for t in data["tasks"]])
     assert data["protocol"]["split"] == "ood" and len(goals) == 3
     assert np.all(np.abs(goals).max(axis=1) > 0.5) and np.all(np.abs(goals) <= 1.0)
+
+
+def test_evaluate_on_tasks_from_a_file(trained_run, tmp_path, capsys):
+    assert trained_run["code"] == 0, trained_run["stderr"]
+    goals = [{"goal": [0.4, -0.2]}, {"goal": [-0.1, 0.3]}]
+    tasks_file = tmp_path / "goals.json"
+    tasks_file.write_text(json.dumps(goals))
+    out_dir = tmp_path / "e"
+    args = ["evaluate", str(trained_run["run"]), "--tasks-file", str(tasks_file), "--adapt-steps", "1"]
+    assert main([*args, "--out", str(out_dir)]) == 0
+    assert "mean return over 2 given tasks" in capsys.readouterr().out
+    result = json.loads((out_dir / "eval.json").read_text())
+    assert result["tasks"] == goals
+    assert result["protocol"]["tasks_file"] == str(tasks_file)
+
+    tasks_file.write_text("{not json")
+    assert main([*args, "--out", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read tasks from {tasks_file}" in err and "Traceback" not in err
+
+    tasks_file.write_text(json.dumps([{"velocity": 1.0}]))
+    assert main([*args, "--out", str(out_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "task 0 of" in err and "is not a task of MetaRL/Navigation2D-v0" in err and "Traceback" not in err
