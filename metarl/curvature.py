@@ -73,7 +73,7 @@ class GaussianMLPCurvature:
         # Forward pass: the input of every layer, and φ'(z), φ''(z) of the hidden layers.
         num_tasks = observations.shape[0]
         h = observations.reshape(num_tasks, -1, observations.shape[-1]).detach()
-        self.inputs, self.slopes, self.bends = [], [], []
+        self.inputs, self.slopes = [], []
         for i, (weight, bias) in enumerate(zip(self.weights, biases, strict=True)):
             self.inputs.append(h)
             z = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
@@ -82,11 +82,9 @@ class GaussianMLPCurvature:
             elif self.activation == "tanh":
                 h = torch.tanh(z)
                 self.slopes.append(1 - h * h)
-                self.bends.append(-2 * h * self.slopes[-1])
             else:  # relu: piecewise linear, no second derivative
                 h = torch.relu(z)
                 self.slopes.append((z > 0).to(z.dtype))
-                self.bends.append(None)
 
     def _forward_tangent(self, vectors: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """``R{z_l}`` of every layer's pre-activation (the last is R{μ}) and ``R{h_l}`` of every hidden
@@ -147,11 +145,15 @@ class GaussianMLPCurvature:
         mean_curvature = c / self.var  # ∂²L/∂μ²; ∂²L/∂μ∂(log σ) = -2e
         log_std_curvature = 2 * (c * diff * diff / self.var).sum(1)  # ∂²L/∂(log σ)²
 
-        # Backward pass of ∂L/∂μ, kept per layer: δ_l = ∂L/∂z_l and g_l = δ_{l+1} W_{l+1}.
-        deltas, backs = [e], []
+        # Backward pass of ∂L/∂μ, kept per layer: δ_l = ∂L/∂z_l, and for tanh the second-derivative
+        # factor φ''(z_l) ⊙ (δ_{l+1} W_{l+1}) with φ'' = -2 tanh(z) φ' (ReLU has none).
+        deltas, bent_backs = [e], []
         for i in range(self.num_layers - 1, 0, -1):
             back = torch.bmm(deltas[0], self.weights[i])
-            backs.insert(0, back)
+            if self.activation == "tanh":
+                bent_backs.insert(0, -2 * self.inputs[i] * self.slopes[i - 1] * back)
+            else:
+                bent_backs.insert(0, None)
             deltas.insert(0, self.slopes[i - 1] * back)
 
         def product(vectors: list[Tensor]) -> list[Tensor]:
@@ -164,8 +166,8 @@ class GaussianMLPCurvature:
                 dw = v[f"mean.layers.{i}.weight"]
                 r_back = torch.bmm(r_delta, self.weights[i]).baddbmm_(deltas[i], dw)
                 r_delta = self.slopes[i - 1] * r_back
-                if self.bends[i - 1] is not None:
-                    r_delta = r_delta + self.bends[i - 1] * tangents[i - 1] * backs[i - 1]
+                if bent_backs[i - 1] is not None:
+                    r_delta = r_delta + bent_backs[i - 1] * tangents[i - 1]
                 r_deltas.insert(0, r_delta)
                 # δ_lᵀ R{h_{l-1}}: the layer input's own directional derivative.
                 extra[i] = torch.bmm(deltas[i].transpose(1, 2), input_tangents[i - 1])

@@ -187,6 +187,7 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     direction, f_direction = conjugate_gradient(fvp, grad, outer.cg_iters)  # ≈ F⁻¹ g, and F F⁻¹ g
     step_curvature = 0.5 * (direction @ f_direction)
     full_step = direction * math.sqrt(outer.max_kl / max(step_curvature.item(), 1e-12))
+    del fvp, curvature  # free the cached passes before the line search builds its own
     cg_done = time.perf_counter()
 
     theta = flat(params).detach()

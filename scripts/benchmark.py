@@ -196,6 +196,23 @@ def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, A
     }
 
 
+def _run_and_save(path: str, func: Any, args: tuple) -> None:
+    Path(path).write_text(json.dumps(func(*args)))
+
+
+def in_child_process(func: Any, *args: Any) -> Any:
+    """``func(*args)`` (JSON-serialisable result) in a fresh spawned process, which, unlike a pool's
+    daemonic workers, may start environment worker processes of its own."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = str(Path(directory) / "result.json")
+        child = mp.get_context("spawn").Process(target=_run_and_save, args=(path, func, args))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"the benchmark's child process failed (exit code {child.exitcode})")
+        return json.loads(Path(path).read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config (its env id and sizes are benchmarked)")
@@ -217,8 +234,7 @@ def main() -> None:
     limits.update(physics_rates(config, copies) or {})
     limits.update(env_step_rates(config, args.env_steps))
     samplers = {f"{w}_workers": sampler_rate(config, w) for w in sorted({1, CORES})}
-    with mp.get_context("spawn").Pool(1) as pool:
-        iteration = pool.apply(meta_iterations, (config.to_dict(), args.iterations))
+    iteration = in_child_process(meta_iterations, config.to_dict(), args.iterations)
 
     best = max(s["env_steps_per_s"] for s in samplers.values())
     ratios = {f"sampler_over_{name}": best / rate for name, rate in limits.items()}
