@@ -43,6 +43,10 @@ class EnvConfig:
     """Parallel stepping. Families with batched physics (HalfCheetah*, Navigation2D) run it on this
     many C threads (default: one per core). Other families step in this many worker processes when
     it is above 1 (default: in the training process). Results do not depend on it."""
+    task_space: dict[str, Any] | None = None
+    """Make any environment a task distribution without code: parameter name -> distribution and
+    how it is applied (constructor kwarg, attribute, MuJoCo model field, reward goal); see
+    ``metarl.task_space`` and the README section "No-code task spaces"."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +297,10 @@ def config_from_dict(data: Mapping[str, Any], overrides: Iterable[str] = ()) -> 
         raise ConfigError([f"the configuration must be a mapping of sections, got {type(data).__name__}"])
     extra, problems = parse_overrides(overrides)
     config = _build(Config, _merge(dict(data), extra), "", problems)
+    if config.env.task_space is not None:
+        from metarl.task_space import task_space_problems
+
+        problems += task_space_problems(config.env.task_space, "env.task_space")
     if problems:
         raise ConfigError(problems)
     return config

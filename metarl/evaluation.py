@@ -112,7 +112,7 @@ def load(path: str | Path) -> MetaPolicy:
     """Restore the meta-trained policy of a run directory or checkpoint file."""
     checkpoint = load_checkpoint(path)
     config = config_from_dict(checkpoint["config"])
-    env = make_env(config.env.id, config.env.kwargs, config.env.horizon)
+    env = make_env(config.env.id, config.env.kwargs, config.env.horizon, config.env.task_space, check=False)
     if list(env.observation_space.shape) != checkpoint["observation_shape"]:
         raise CheckpointError(
             f"checkpoint '{checkpoint['path']}' expects observations of shape {checkpoint['observation_shape']}, "
@@ -330,6 +330,6 @@ def _check_tasks(env: gym.Env, tasks: Sequence[Any], path: str | Path) -> None:
     """Every task must be one the environment accepts (each is set on a spare copy)."""
     for i, task in enumerate(tasks):
         try:
-            env.unwrapped.task = task
+            env.set_wrapper_attr("task", task)
         except (TypeError, ValueError) as error:
             raise ConfigError([f"task {i} of {path} ({task!r}) is not a task of {env.spec.id}: {error}"]) from None

@@ -92,6 +92,8 @@ class Sampler:
         device: where the episode tensors live.
         workers: physics threads of a batched family, or worker processes for the others
             (`metarl.tasks.make_vector_env`); results do not depend on it.
+        task_space: an ``env.task_space`` mapping that makes the environment a task distribution
+            (`metarl.task_space`).
     """
 
     def __init__(
@@ -106,15 +108,16 @@ class Sampler:
         action_bound: float = 1.0,
         batch_unit: str = "episodes",
         workers: int | None = None,
+        task_space: Mapping[str, Any] | None = None,
     ) -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
-        self.workers = workers
+        self.workers, self.task_space = workers, task_space
         self.episodes_per_task = episodes_per_task
         self.action_scaling, self.action_bound = action_scaling, action_bound
         self.batch_unit = batch_unit
         self.device = torch.device(device)
         self.rng = np.random.default_rng([seed, 2])
-        self.env = make_env(env_id, self.env_kwargs, horizon)
+        self.env = make_env(env_id, self.env_kwargs, horizon, task_space)
         self.horizon = horizon_of(self.env, horizon)
         self.observation_space = self.env.observation_space
         self.action_space = self.env.action_space
@@ -141,6 +144,7 @@ class Sampler:
             action_bound=config.policy.action_bound,
             batch_unit=batch_unit or config.env.batch_unit,
             workers=config.env.workers,
+            task_space=config.env.task_space,
         )
 
     @classmethod
@@ -158,6 +162,7 @@ class Sampler:
         sampler.env_id, sampler.env_kwargs, sampler.episodes_per_task = None, {}, 1
         sampler.action_scaling, sampler.action_bound = action_scaling, action_bound
         sampler.device, sampler.batch_unit, sampler.workers = torch.device("cpu"), "episodes", 1
+        sampler.task_space = None
         sampler.rng = np.random.default_rng([seed, 2])
         sampler.env, sampler.horizon = env, horizon_of(env, horizon)
         sampler.observation_space, sampler.action_space = env.observation_space, env.action_space
@@ -168,7 +173,7 @@ class Sampler:
         if num_tasks not in self._vector_envs:
             num_envs = num_tasks * self.episodes_per_task
             self._vector_envs[num_tasks] = make_vector_env(
-                self.env_id, num_envs, self.env_kwargs, self.horizon, self.workers
+                self.env_id, num_envs, self.env_kwargs, self.horizon, self.workers, self.task_space
             )
         return self._vector_envs[num_tasks]
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 from gymnasium.envs.registration import load_env_creator, registry
-from gymnasium.vector import VectorEnv
+from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
 # Namespaces whose ids are registered by importing a package.
 NAMESPACE_PROVIDERS = {"MetaRL": "envs"}
@@ -62,9 +62,24 @@ def ensure_registered(env_id: str) -> None:
         )
 
 
-def make_env(env_id: str, kwargs: Mapping[str, Any] | None = None, horizon: int | None = None) -> gym.Env:
-    """``gymnasium.make`` for a task distribution (a horizon overrides ``max_episode_steps``)."""
+def make_env(
+    env_id: str,
+    kwargs: Mapping[str, Any] | None = None,
+    horizon: int | None = None,
+    task_space: Mapping[str, Any] | None = None,
+    check: bool = True,
+) -> gym.Env:
+    """``gymnasium.make`` for a task distribution (a horizon overrides ``max_episode_steps``).
+
+    With a `task_space` (the ``env.task_space`` mapping of a config) the environment is wrapped in
+    `metarl.task_space.TaskSpaceEnv`, which makes any environment a task distribution; `check`
+    validates the task space against the built environment (`metarl.config.ConfigError`).
+    """
     ensure_registered(env_id)
+    if task_space is not None:
+        from metarl.task_space import TaskSpaceEnv
+
+        return TaskSpaceEnv(env_id, kwargs, horizon, task_space, check=check)
     extra = {"max_episode_steps": horizon} if horizon is not None else {}
     try:
         return gym.make(env_id, **dict(kwargs or {}), **extra)
@@ -78,14 +93,24 @@ def make_vector_env(
     kwargs: Mapping[str, Any] | None = None,
     horizon: int | None = None,
     workers: int | None = None,
+    task_space: Mapping[str, Any] | None = None,
 ) -> VectorEnv:
     """``gymnasium.make_vec``: the id's own batched implementation when it registers one, else sync.
 
     `workers`: a batched implementation that takes ``num_threads`` runs its physics on that many
     threads (None: its default). Other ids step their copies in that many processes when
     ``workers > 1`` (`metarl.workers.WorkerVectorEnv`, same results as sync).
+    `task_space`: copies of `make_env`'s task-space wrapper (never the id's batched implementation),
+    in a next-step-autoreset ``SyncVectorEnv``, or in worker processes when ``workers > 1``.
     """
     ensure_registered(env_id)
+    if task_space is not None:
+        from metarl.workers import WorkerVectorEnv, env_factory
+
+        factory = env_factory(env_id, kwargs, horizon, task_space)
+        if workers is not None and workers > 1:
+            return WorkerVectorEnv([factory] * num_envs, min(workers, num_envs))
+        return SyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
     spec = registry.get(env_id)
     batched = spec is not None and spec.vector_entry_point is not None
     extra: dict[str, Any] = {"max_episode_steps": horizon} if horizon is not None else {}

@@ -50,24 +50,31 @@ class WorkerError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class EnvFactory:
-    """A picklable ``make_env(env_id, kwargs, horizon)`` for worker processes.
+    """A picklable ``make_env(env_id, kwargs, horizon, task_space)`` for worker processes.
 
     `spec` is the parent's registration of `env_id` (see `env_factory`): a worker registers it when
-    the id is unknown there, so ids registered at run time in the parent work too.
+    the id is unknown there, so ids registered at run time in the parent work too. A `task_space`
+    (``env.task_space`` mapping) is not checked again: the parent's `make_env` checked it.
     """
 
     env_id: str
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     horizon: int | None = None
     spec: EnvSpec | None = None
+    task_space: Mapping[str, Any] | None = None
 
     def __call__(self) -> gym.Env:
         if self.spec is not None and self.env_id not in registry:
             registry[self.env_id] = self.spec
-        return make_env(self.env_id, self.kwargs, self.horizon)
+        return make_env(self.env_id, self.kwargs, self.horizon, self.task_space, check=False)
 
 
-def env_factory(env_id: str, kwargs: Mapping[str, Any] | None = None, horizon: int | None = None) -> EnvFactory:
+def env_factory(
+    env_id: str,
+    kwargs: Mapping[str, Any] | None = None,
+    horizon: int | None = None,
+    task_space: Mapping[str, Any] | None = None,
+) -> EnvFactory:
     """An `EnvFactory` carrying the parent's registration of `env_id` when it can be pickled."""
     spec = registry.get(env_id) if ":" not in env_id else None
     if spec is not None:
@@ -77,7 +84,7 @@ def env_factory(env_id: str, kwargs: Mapping[str, Any] | None = None, horizon: i
             pickle.dumps(spec)
         except Exception:  # e.g. a lambda entry point; workers then rely on their own registry
             spec = None
-    return EnvFactory(env_id, dict(kwargs or {}), horizon, spec)
+    return EnvFactory(env_id, dict(kwargs or {}), horizon, spec, dict(task_space) if task_space is not None else None)
 
 
 class WorkerVectorEnv(VectorEnv):
