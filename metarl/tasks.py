@@ -3,15 +3,22 @@
 A **task distribution** is a Gymnasium environment that also has
 
 - ``sample_tasks(n, rng: numpy.random.Generator) -> list[task]``: draws tasks from the caller's
-  generator (never the global ``np.random``), and
-- a settable ``task`` attribute (``env.task = task``; ``set_task(task)`` and
-  ``reset(options={"task": task})`` are accepted too). A plain ``reset()`` keeps the current task.
+  generator only (never the global ``np.random`` or ``random``), so that a seed fixes the tasks, and
+- a readable, settable ``task`` attribute on the environment or one of its wrappers: metarl sets
+  it with ``env.task = task``, on vector envs ``envs.set_attr("task", tasks)``. ``set_task(task)``
+  and ``reset(options={"task": task})``, where an environment offers them, must agree with it.
 
-Tasks are small immutable values (frozen dataclasses or mappings of numbers) that round-trip
-through JSON: ``task_to_json`` gives plain data and the environment accepts that data back as a
-task. The task is never part of the observation. Environments are created from Gymnasium ids;
-ids under the ``MetaRL/`` namespace are registered by the ``envs`` package, which metarl loads by
-name on first use (metarl does not depend on it otherwise).
+Setting a task determines the behaviour completely: setting it again gives the same episodes for
+the same seed and actions (write nominal × factor, never scale in place). ``reset()`` and
+``reset(seed=...)`` keep the current task, and so does pickling (worker processes). Tasks are
+small immutable values (frozen dataclasses or mappings of numbers) that round-trip through JSON:
+``task_to_json`` gives plain data and the environment accepts that data back as a task. The task
+is never part of the observation, nor does it set the start state: the policy infers it from
+rewards. ``metarl check-env ID`` tests all of this (`metarl.check`).
+
+Environments are created from Gymnasium ids; ids under the ``MetaRL/`` namespace are registered by
+the ``envs`` package, which metarl loads by name on first use (metarl does not depend on it
+otherwise).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ class EnvError(ValueError):
 
 @runtime_checkable
 class TaskDistribution(Protocol):
-    """What metarl needs from an environment besides the Gymnasium API."""
+    """What metarl needs from an environment besides the Gymnasium API (the full contract: module docstring)."""
 
     task: Any
 
