@@ -246,3 +246,12 @@ def test_readme_sample_output_is_what_check_env_prints():
     assert len(shown) == 23
     assert [line for line in shown if line not in printed] == []
     assert shown[-1] == printed[-1] == "8 of 9 checks pass, 1 fail"
+
+
+@pytest.mark.parametrize(
+    "config", ["pendulum_gravity_mass.yaml", "hopper_masses_friction.yaml", "halfcheetah_target_velocity_yaml.yaml"]
+)
+def test_check_env_passes_on_the_task_space_examples(config, capsys):
+    root = Path(__file__).resolve().parent.parent
+    assert main(["check-env", "--config", str(root / "experiments" / config)]) == 0
+    assert "9 of 9 checks pass" in capsys.readouterr().out
