@@ -10,7 +10,6 @@ from metarl.maml import (
     MetaBatch,
     adaptation_curvature,
     adapted_fisher_product,
-    adapted_parameters,
     inner_loss,
     mean_kl,
     meta_loss,
@@ -19,7 +18,7 @@ from metarl.maml import (
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
 from metarl.sampler import Episodes
 from metarl.trpo import flat
-from tests.test_maml import synthetic_episodes
+from tests.test_maml import kl_hessian_product_by_double_backward, synthetic_episodes
 
 
 def perturbed_params(policy, tasks, generator):
@@ -68,14 +67,7 @@ def test_other_policies_use_autograd_with_the_same_result():
 
     batch = MetaBatch([0, 1], (categorical(synthetic_episodes(g)),), categorical(synthetic_episodes(g)), ())
     inner = InnerConfig(lr=0.5)
-    params = list(policy.parameters())
-    adapted = adapted_parameters(policy, batch, inner, create_graph=True)
-    with torch.no_grad():
-        old_pi = distribution(policy, detach(adapted), batch.outer.observations)
-    kl = mean_kl(old_pi, distribution(policy, adapted, batch.outer.observations), batch.outer.mask)
-    kl_grad = flat(torch.autograd.grad(kl, params, create_graph=True))
-    v = torch.randn(kl_grad.shape, generator=g, dtype=kl_grad.dtype)
-    reference = flat(torch.autograd.grad(kl_grad @ v, params))
+    v, reference = kl_hessian_product_by_double_backward(policy, batch, inner, g)
     torch.testing.assert_close(adapted_fisher_product(policy, batch, inner, damping=0.0)(v), reference)
 
 

@@ -38,6 +38,18 @@ def synthetic_episodes(generator, tasks=2, episodes=3, horizon=4, obs_dim=2, act
     )
 
 
+def kl_hessian_product_by_double_backward(policy, batch, inner, generator):
+    """A random v and ``∇²θ KL(π_θ'(θ_old) ‖ π_θ'(θ)) v`` straight from autograd, through the inner update."""
+    params = list(policy.parameters())
+    adapted = adapted_parameters(policy, batch, inner, create_graph=not inner.first_order)
+    with torch.no_grad():
+        old_pi = distribution(policy, detach(adapted), batch.outer.observations)
+    kl = mean_kl(old_pi, distribution(policy, adapted, batch.outer.observations), batch.outer.mask)
+    kl_grad = flat(torch.autograd.grad(kl, params, create_graph=True))
+    v = torch.randn(kl_grad.shape, generator=generator, dtype=kl_grad.dtype)
+    return v, flat(torch.autograd.grad(kl_grad @ v, params))
+
+
 @pytest.fixture
 def policy():
     torch.manual_seed(0)
@@ -108,14 +120,7 @@ def test_adapted_fisher_product_equals_hessian_of_kl(policy, steps, first_order)
     g = torch.Generator().manual_seed(3)
     batch = MetaBatch([0, 1], tuple(synthetic_episodes(g) for _ in range(steps)), synthetic_episodes(g), ())
     inner = InnerConfig(lr=0.5, steps=steps, first_order=first_order)
-    params = list(policy.parameters())
-    adapted = adapted_parameters(policy, batch, inner, create_graph=not first_order)
-    with torch.no_grad():
-        old_pi = distribution(policy, detach(adapted), batch.outer.observations)
-    kl = mean_kl(old_pi, distribution(policy, adapted, batch.outer.observations), batch.outer.mask)
-    kl_grad = flat(torch.autograd.grad(kl, params, create_graph=True))
-    v = torch.randn(kl_grad.shape, generator=g, dtype=kl_grad.dtype)
-    reference = flat(torch.autograd.grad(kl_grad @ v, params))
+    v, reference = kl_hessian_product_by_double_backward(policy, batch, inner, g)
     product = adapted_fisher_product(policy, batch, inner, damping=0.1)(v)
     torch.testing.assert_close(product, reference + 0.1 * v)
 
