@@ -81,9 +81,9 @@ def train(config: Config, run_dir: Path | None = None, progress: bool = True) ->
     torch.manual_seed(config.train.seed)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
+    sampler = Sampler.from_config(config)  # first: a bad environment leaves no run directory behind
     run_dir = run_dir or make_run_dir(config)
     (run_dir / "config.yaml").write_text(config.to_yaml())
-    sampler = Sampler.from_config(config)
     policy = make_policy(sampler.observation_space, sampler.action_space, config.policy).to(config.train.device)
     splits = TaskSplits(sampler.env, config.train.seed, config.evaluation.seed, config.evaluation.num_tasks)
     (run_dir / "test_tasks.json").write_text(json.dumps([task_to_json(t) for t in splits.test], indent=1))
