@@ -69,6 +69,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.split,
         args.batch_unit,
         args.tasks_file,
+        args.baselines,
     )
     _print_result(result)
     return 0
@@ -209,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--tasks-file",
         help="JSON list of tasks to evaluate on instead of a split (e.g. experiments/navigation_2d_paper_goals.json)",
+    )
+    evaluate.add_argument(
+        "--baselines",
+        nargs="+",
+        default=[],
+        metavar="METHOD",
+        help="also evaluate these on the same tasks: random (a freshly initialised policy, adapted the same way)",
     )
     evaluate.add_argument("--out", help="output directory (default: <run>/eval, or <run>/eval_ood)")
     evaluate.set_defaults(func=_evaluate)

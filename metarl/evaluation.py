@@ -246,6 +246,7 @@ def evaluate(
     split: str = "test",
     batch_unit: str | None = None,
     tasks_file: str | Path | None = None,
+    baselines: Sequence[str] = (),
 ) -> EvaluationResult:
     """Evaluate the meta-policy of a run directory or checkpoint on unseen tasks.
 
@@ -254,11 +255,16 @@ def evaluate(
     ``batch_unit``: count each step's batch in ``episodes`` or ``steps`` (see ``env.batch_unit``).
     ``tasks_file``: a JSON list of tasks (their JSON form) to evaluate on instead of a split, e.g.
     the goals of a published protocol.
+    ``baselines``: methods run through the same protocol on the same tasks, next to ``maml``:
+    ``random`` is a freshly initialised policy of the same architecture, adapted the same way.
     Unset arguments take the run's ``evaluation`` config. Results are written to `out_dir`
     (default: ``<run dir>/eval``, or ``eval_ood``).
     """
     if split not in ("test", "ood"):
         raise ValueError(f"split must be 'test' or 'ood', got {split!r}")
+    unknown = sorted(set(baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError([f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}"])
     given_tasks = _read_tasks(tasks_file) if tasks_file is not None else None
     if given_tasks is not None:
         num_tasks, split = len(given_tasks), "file"
@@ -288,20 +294,20 @@ def evaluate(
             tasks = given_tasks
         else:
             tasks = splits.test if split == "test" else splits.ood(protocol["num_tasks"])
-        returns = adaptation_curve(
-            meta_policy.policy,
-            meta_policy.params,
-            sampler,
-            tasks,
-            config,
-            protocol["adapt_steps"],
-            protocol["lr"],
-            protocol["later_lr_scale"],
-        )
+        policies = {"maml": (meta_policy.policy, meta_policy.params)}
+        if "random" in baselines:
+            torch.manual_seed(protocol["seed"] + 1)
+            policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
+            policies["random"] = (policy, detach(parameters_of(policy)))
+        curve = (protocol["adapt_steps"], protocol["lr"], protocol["later_lr_scale"])
+        returns = {
+            method: adaptation_curve(policy, params, sampler, tasks, config, *curve)
+            for method, (policy, params) in policies.items()
+        }
     finally:
         sampler.close()
     protocol.update(checkpoint=checkpoint["path"], iteration=checkpoint["iteration"], task_seed=task_seed, split=split)
-    result = EvaluationResult(config.env.id, list(tasks), {"maml": returns}, protocol)
+    result = EvaluationResult(config.env.id, list(tasks), returns, protocol)
     if out_dir is None:
         checkpoint_path = Path(checkpoint["path"])
         run_dir = (
@@ -313,6 +319,9 @@ def evaluate(
     result.save(Path(out_dir))
     result.protocol["out_dir"] = str(out_dir)
     return result
+
+
+BASELINES = ("random",)  # methods `evaluate` can run next to the meta-learned policy
 
 
 def _read_tasks(path: str | Path) -> list[Any]:

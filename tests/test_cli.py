@@ -295,3 +295,23 @@ def test_evaluate_on_tasks_from_a_file(trained_run, tmp_path, capsys):
     assert main([*args, "--out", str(out_dir)]) == 2
     err = capsys.readouterr().err
     assert "task 0 of" in err and "is not a task of MetaRL/Navigation2D-v0" in err and "Traceback" not in err
+
+
+def test_evaluate_with_the_random_baseline(trained_run, tmp_path, capsys):
+    assert trained_run["code"] == 0, trained_run["stderr"]
+    out_dir = tmp_path / "e"
+    args = ["evaluate", str(trained_run["run"]), "--tasks", "3", "--adapt-steps", "1", "--out", str(out_dir)]
+    assert main([*args, "--baselines", "random"]) == 0
+    table = capsys.readouterr().out
+    assert "maml" in table and "random" in table
+    result = json.loads((out_dir / "eval.json").read_text())
+    assert set(result["per_task"]) == {"maml", "random"}
+    assert len(result["per_task"]["random"]) == 3 and all(len(row) == 2 for row in result["per_task"]["random"])
+    assert result["per_task"]["random"] != result["per_task"]["maml"]
+    # The same tasks for both methods, and deterministic given the seed.
+    assert main([*args, "--baselines", "random", "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "eval.json").read_text())
+    assert again["per_task"] == result["per_task"]
+
+    assert main([*args, "--baselines", "oracle"]) == 2
+    assert "unknown baseline(s) oracle; choose from random" in capsys.readouterr().err
