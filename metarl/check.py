@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import math
 import pickle
@@ -45,7 +44,6 @@ from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.envs.registration import EnvSpec, registry
 from gymnasium.utils.env_checker import check_env
 
 from metarl.tasks import EnvError, make_env, task_to_json
@@ -106,25 +104,6 @@ def format_report(results: Sequence[CheckResult]) -> str:
     return "\n".join([*(r.format() for r in results), summary])
 
 
-def build_env(env_id: str, kwargs: Mapping[str, Any] | None = None, horizon: int | None = None) -> gym.Env:
-    """``metarl.tasks.make_env``, plus ``package.module:callable`` entry points that are not registered ids."""
-    if ":" in env_id:
-        module_name, name = env_id.split(":", 1)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise EnvError(
-                f"cannot import module '{module_name}' of '{env_id}': {error}. Modules are looked up on sys.path "
-                "(the current directory for `python -m metarl` and the metarl command); set PYTHONPATH otherwise"
-            ) from None
-        target = getattr(module, name, None)
-        if name not in registry and callable(target):
-            spec_id = name if re.fullmatch(r"[\w.-]+", name) else "Checked"
-            spec = EnvSpec(id=f"{spec_id}-v0", entry_point=target, max_episode_steps=horizon)
-            return gym.make(spec, **dict(kwargs or {}))
-    return make_env(env_id, kwargs, horizon)
-
-
 def check_task_distribution(
     env_id: str,
     kwargs: Mapping[str, Any] | None = None,
@@ -164,7 +143,7 @@ class _Checker:
         caught: list[warnings.WarningMessage],
     ) -> None:
         self.env_id, self.kwargs, self.horizon = env_id, dict(kwargs or {}), horizon
-        self.make = make or (lambda: build_env(env_id, self.kwargs, horizon))
+        self.make = make or (lambda: make_env(env_id, self.kwargs, horizon))
         self.num_tasks, self.steps, self.seed = max(int(num_tasks), 2), max(int(steps), 1), seed
         self._caught, self._reported_warnings = caught, set()
         self._where = ""  # what the env was doing, for messages about exceptions it raises
@@ -273,12 +252,6 @@ class _Checker:
             notes.append(
                 "no episode length: register the id with max_episode_steps or set env.horizon in the config "
                 "(metarl needs one)"
-            )
-        if ":" in self.env_id and self.env_id.split(":", 1)[1] not in registry:
-            notes.append(
-                f"'{self.env_id}' is an entry point, not a registered id: to train on it, register it in its module "
-                "(gymnasium.register(id='My/Env-v0', entry_point=..., max_episode_steps=...)) and set env.id to "
-                "'module:My/Env-v0'"
             )
         message = (
             f"'{self.env_id}' builds {type(env.unwrapped).__name__} (observation {env.observation_space}, "

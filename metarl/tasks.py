@@ -54,8 +54,16 @@ class TaskDistribution(Protocol):
 
 
 def ensure_registered(env_id: str) -> None:
-    """Import the package that registers `env_id`'s namespace, or fail with a helpful message."""
-    if ":" in env_id or env_id in registry:
+    """Import the package that registers `env_id`'s namespace, or fail with a helpful message.
+
+    ``module:Id`` imports ``module`` (which registers ``Id``); ``module:Callable`` (an environment
+    class or factory the module does not register) is registered under the id ``Callable``, so
+    that ``gymnasium.make(env_id)`` finds it.
+    """
+    if ":" in env_id:
+        _register_entry_point(env_id)
+        return
+    if env_id in registry:
         return
     namespace = env_id.split("/")[0] if "/" in env_id else None
     if namespace in NAMESPACE_PROVIDERS:
@@ -67,6 +75,20 @@ def ensure_registered(env_id: str) -> None:
             "Other ids must be registered with gymnasium first, or written as 'module:Id' "
             "(the module is imported to register it); `metarl envs` lists the families."
         )
+
+
+def _register_entry_point(env_id: str) -> None:
+    module_name, name = env_id.split(":", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise EnvError(
+            f"cannot import module '{module_name}' of '{env_id}': {error}. Modules are looked up on sys.path "
+            "(the metarl command adds the current directory); set PYTHONPATH otherwise"
+        ) from None
+    target = getattr(module, name, None)
+    if name not in registry and callable(target):
+        gym.register(id=name, entry_point=target)
 
 
 def make_env(

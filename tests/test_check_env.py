@@ -234,6 +234,23 @@ def test_custom_env_example_checks_trains_and_evaluates(tmp_path):
     assert -1.0 <= tasks[0]["goal"] <= 1.0 and 0.05 <= tasks[0]["friction"] <= 0.3
 
 
+def test_an_unregistered_env_class_trains_through_its_entry_point(tmp_path):
+    entry_point = "experiments.custom_env_example:SlipperyCartEnv"  # the class itself, not a registered id
+    code, out, _ = run_cli(["check-env", entry_point])
+    assert code == 0, out
+    config = ROOT / "experiments" / "custom_env_example.yaml"
+    overrides = [f"env.id={entry_point}", "env.horizon=10", "inner.episodes_per_task=2", "outer.tasks_per_batch=2"]
+    overrides += ["policy.hidden_sizes=[8]", "train.num_threads=1"]
+    threads = torch.get_num_threads()
+    argv = ["train", str(config), "--iterations", "1", "--logdir", str(tmp_path), "--run-name", "r", "--no-progress"]
+    try:
+        code, _, err = run_cli([*argv, *(x for o in overrides for x in ("--set", o))])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 def test_readme_sample_output_is_what_check_env_prints():
     readme = (ROOT / "README.md").read_text()
     command = "$ PYTHONPATH=tests metarl check-env test_check_env:LeakyEnv\n"
