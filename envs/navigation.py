@@ -56,9 +56,10 @@ class Navigation2DEnv(TaskEnv, gym.Env[NDArray[np.float32], NDArray[np.float32]]
     ## Arguments
     - ``goal_low``, ``goal_high``: bounds of the goal square used by ``sample_tasks``.
     - ``task``: the initial task (default goal ``(0.5, 0.5)``).
+    - ``render_mode``: ``"rgb_array"`` draws the square ``[-1, 1]^2`` (goal red, path grey, robot blue).
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
     task_type = GoalTask
 
     def __init__(
@@ -66,7 +67,11 @@ class Navigation2DEnv(TaskEnv, gym.Env[NDArray[np.float32], NDArray[np.float32]]
         goal_low: float = -0.5,
         goal_high: float = 0.5,
         task: GoalTask | Mapping[str, Any] | None = None,
+        render_mode: str | None = None,
     ) -> None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
         if not goal_low < goal_high:
             raise ValueError(f"goal_low ({goal_low}) must be below goal_high ({goal_high})")
         self.goal_low, self.goal_high = float(goal_low), float(goal_high)
@@ -74,6 +79,7 @@ class Navigation2DEnv(TaskEnv, gym.Env[NDArray[np.float32], NDArray[np.float32]]
         self.action_space = spaces.Box(-MAX_SPEED, MAX_SPEED, shape=(2,), dtype=np.float32)
         self.task = task if task is not None else GoalTask((0.5, 0.5))
         self._position = np.zeros(2)
+        self._path = [self._position]  # for render()
 
     def _apply_task(self, task: GoalTask) -> None:
         self._goal = np.array(task.goal)
@@ -93,12 +99,33 @@ class Navigation2DEnv(TaskEnv, gym.Env[NDArray[np.float32], NDArray[np.float32]]
         if options and "task" in options:
             self.task = options["task"]
         self._position = np.zeros(2)
+        self._path = [self._position]
         return self._position.astype(np.float32), {"task": self.task}
 
     def step(self, action: NDArray[np.float32]) -> tuple[NDArray[np.float32], float, bool, bool, dict[str, Any]]:
         self._position, reward, reached = move(self._position, np.asarray(action), self._goal)
+        self._path.append(self._position)
         info = {"task": self.task, "reward_distance": float(reward)}
         return self._position.astype(np.float32), float(reward), bool(reached), False, info
+
+    def render(self) -> NDArray[np.uint8] | None:
+        """A 256 × 256 picture of ``[-1, 1]^2``: the goal, the path so far and the robot."""
+        if self.render_mode != "rgb_array":
+            return None
+        size = 256
+        frame = np.full((size, size, 3), 255, dtype=np.uint8)
+        pixels = np.mgrid[0:size, 0:size].transpose(1, 2, 0)[..., ::-1]  # (x, y) of every pixel
+
+        def disc(point: NDArray[np.float64], radius: float, colour: tuple[int, int, int]) -> None:
+            centre = (np.array([point[0], -point[1]]) + 1.0) * 0.5 * (size - 1)
+            frame[((pixels - centre) ** 2).sum(-1) <= radius**2] = colour
+
+        frame[size // 2, :] = frame[:, size // 2] = 225
+        disc(self._goal, 6, (220, 40, 40))
+        for point in self._path:
+            disc(point, 1.5, (150, 150, 150))
+        disc(self._position, 4, (40, 80, 220))
+        return frame
 
 
 class Navigation2DVectorEnv(VectorEnv):

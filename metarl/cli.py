@@ -43,6 +43,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"train.logdir={args.logdir}")
     if args.run_name is not None:
         overrides.append(f"train.run_name={args.run_name}")
+    if args.algo is not None:
+        overrides.append(f"train.algo={args.algo}")
     config = load_config(args.config, overrides)
     ensure_registered(config.env.id)
     run_dir = train(config, progress=not args.no_progress)
@@ -70,9 +72,24 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.batch_unit,
         args.tasks_file,
         args.baselines,
+        _baseline_lrs(args.baseline_lr or []),
+        args.video,
     )
     _print_result(result)
     return 0
+
+
+def _baseline_lrs(entries: Sequence[str]) -> dict[str, float]:
+    lrs, problems = {}, []
+    for entry in entries:
+        name, _, value = entry.partition("=")
+        try:
+            lrs[name] = float(value)
+        except ValueError:
+            problems.append(f"--baseline-lr {entry!r} must look like METHOD=STEP_SIZE, e.g. pretrained=0.2")
+    if problems:
+        raise ConfigError(problems)
+    return lrs
 
 
 def _print_result(result) -> None:
@@ -179,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--iterations", type=int, help="shorthand for --set train.iterations=N")
     train.add_argument("--logdir", help="parent directory of runs (default: runs)")
     train.add_argument("--run-name", help="name of the run directory (default: <env>__seed<N>__<time>)")
+    train.add_argument(
+        "--algo",
+        choices=["maml", "pretrain", "oracle"],
+        help="maml (default): meta-train for adaptation. The MAML paper's baselines, with the same outer "
+        "optimiser and env steps per iteration but no inner loop: pretrain, one policy for all tasks "
+        "(multi-task policy gradient); oracle, a policy that also observes the task. Shorthand for "
+        "--set train.algo=...",
+    )
     train.add_argument("--evaluate", action="store_true", help="evaluate on the held-out tasks after training")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=_train)
@@ -216,7 +241,25 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="METHOD",
-        help="also evaluate these on the same tasks: random (a freshly initialised policy, adapted the same way)",
+        help="also evaluate these on the same tasks, through the same protocol: random (a freshly "
+        "initialised policy, adapted the same way) and NAME=RUN for other runs of the same task family, "
+        "e.g. pretrained=runs/nav_pretrain oracle=runs/nav_oracle fomaml=runs/nav_fomaml (an oracle run is "
+        "evaluated without adaptation)",
+    )
+    evaluate.add_argument(
+        "--baseline-lr",
+        nargs="+",
+        metavar="METHOD=LR",
+        help="first adaptation step size for a method, e.g. pretrained=0.2 random=1.0 (default: the "
+        "evaluation step size for all; the MAML paper tuned the baselines' own)",
+    )
+    evaluate.add_argument(
+        "--video",
+        type=int,
+        default=0,
+        metavar="N",
+        help='record an episode before and after adaptation for N tasks (needs pip install "metarl[video]" '
+        "and an environment that renders rgb_array frames; skipped with a message otherwise)",
     )
     evaluate.add_argument("--out", help="output directory (default: <run>/eval, or <run>/eval_ood)")
     evaluate.set_defaults(func=_evaluate)

@@ -104,6 +104,11 @@ class AdvantageConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    algo: Literal["maml", "pretrain", "oracle"] = "maml"
+    """``maml``: meta-train θ for adaptation (the inner and outer loops). The baselines of the MAML
+    paper, trained with the same outer optimiser and the same env steps per iteration but no inner
+    loop: ``pretrain``, one policy for the whole task distribution (multi-task policy gradient), and
+    ``oracle``, a policy that also observes the task's parameters."""
     iterations: int = 500
     """Meta-iterations (outer steps)."""
     seed: int = 0

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from metarl.config import Config, ConfigError, config_from_dict
 from metarl.functional import Params, detach, distribution, parameters_of, per_task
 from metarl.maml import adapt, estimate_advantages
 from metarl.policies import make_policy
-from metarl.sampler import Sampler, concat_episodes, env_actions
-from metarl.tasks import TaskSplits, make_env, task_to_json
+from metarl.sampler import Sampler, concat_episodes, env_actions, with_task_features
+from metarl.tasks import TaskSplits, make_env, task_features, task_to_json
 
 
 def _t_quantile(p: float, dof: int) -> float:
@@ -73,6 +73,8 @@ class MetaPolicy:
         """Run `episodes` episodes on `env` (default ``inner.episodes_per_task``), take an inner
         policy-gradient step on them, and repeat `steps` times. `env` is an environment instance
         (its current task is used, never read) or a Gymnasium id."""
+        if self.observes_task:
+            raise ValueError("an oracle policy is not adapted: it observes the task (act(observation, task=...))")
         env = make_env(env) if isinstance(env, str) else env
         policy_config = self.config.policy
         sampler = Sampler.for_env(
@@ -94,10 +96,27 @@ class MetaPolicy:
         adapted._action_space = env.action_space
         return adapted
 
+    @property
+    def observes_task(self) -> bool:
+        """Whether this is an oracle: a policy that observes the task's parameters (never adapted)."""
+        return self.config.train.algo == "oracle"
+
     @torch.no_grad()
-    def act(self, observation: Any, deterministic: bool = True, action_space: gym.Space | None = None) -> np.ndarray:
-        """The action for one observation, in the environment's units (mean action if deterministic)."""
-        pi = distribution(self.policy, self.params, torch.as_tensor(np.asarray(observation), dtype=torch.float32))
+    def act(
+        self,
+        observation: Any,
+        deterministic: bool = True,
+        action_space: gym.Space | None = None,
+        task: Any = None,
+    ) -> np.ndarray:
+        """The action for one observation, in the environment's units (mean action if deterministic).
+        An oracle also needs the `task`."""
+        observation = np.asarray(observation, dtype=np.float32)
+        if self.observes_task:
+            if task is None:
+                raise ValueError("an oracle policy acts on the observation and the task: pass task=")
+            observation = np.concatenate([observation, task_features(task)])
+        pi = distribution(self.policy, self.params, torch.as_tensor(observation))
         if deterministic:
             action = pi.mean if not isinstance(pi, torch.distributions.Categorical) else pi.probs.argmax(-1)
         else:
@@ -113,12 +132,23 @@ def load(path: str | Path) -> MetaPolicy:
     checkpoint = load_checkpoint(path)
     config = config_from_dict(checkpoint["config"])
     env = make_env(config.env.id, config.env.kwargs, config.env.horizon, config.env.task_space, check=False)
-    if list(env.observation_space.shape) != checkpoint["observation_shape"]:
+    observation_space = env.observation_space
+    if config.train.algo == "oracle":
+        observation_space = with_task_features(observation_space, env)
+    if list(observation_space.shape) != checkpoint["observation_shape"]:
         raise CheckpointError(
             f"checkpoint '{checkpoint['path']}' expects observations of shape {checkpoint['observation_shape']}, "
-            f"but {config.env.id} gives {list(env.observation_space.shape)}"
+            f"but {config.env.id} gives {list(observation_space.shape)}"
+            + (" with the task appended (oracle)" if config.train.algo == "oracle" else "")
+            + "; was the environment changed since training? Evaluate with the metarl and environment code "
+            "that trained it"
         )
-    policy = make_policy(env.observation_space, env.action_space, config.policy)
+    if checkpoint.get("action_space") not in (None, repr(env.action_space)):
+        raise CheckpointError(
+            f"checkpoint '{checkpoint['path']}' acts in {checkpoint['action_space']}, but {config.env.id} "
+            f"now has {env.action_space}; evaluate with the environment code that trained it"
+        )
+    policy = make_policy(observation_space, env.action_space, config.policy)
     try:
         policy.load_state_dict(checkpoint["policy"])
     except RuntimeError as error:
@@ -145,11 +175,18 @@ class EvaluationResult:
 
     def table(self) -> str:
         steps = next(iter(self.returns.values())).shape[1]
-        header = f"{'method':<10}" + "".join(f"{f'{k} step' + ('s' if k != 1 else ''):>20}" for k in range(steps))
+        width = max(12, *(len(m) + 2 for m in self.returns))
+        header = f"{'method':<{width}}" + "".join(f"{f'{k} step' + ('s' if k != 1 else ''):>20}" for k in range(steps))
         lines = [header, "-" * len(header)]
         for method, stats in self.summary().items():
-            lines.append(f"{method:<10}" + "".join(f"{f'{m:.2f} ± {h:.2f}':>20}" for m, h in stats))
+            if not self._adapted(method):  # the same policy at every step: one number
+                lines.append(f"{method:<{width}}{f'{stats[0][0]:.2f} ± {stats[0][1]:.2f}':>20}   (not adapted)")
+                continue
+            lines.append(f"{method:<{width}}" + "".join(f"{f'{m:.2f} ± {h:.2f}':>20}" for m, h in stats))
         return "\n".join(lines)
+
+    def _adapted(self, method: str) -> bool:
+        return self.protocol.get("methods", {}).get(method, {}).get("adapted", True)
 
     def save(self, out_dir: Path) -> list[Path]:
         """Write ``eval.json``, ``eval.csv`` and, when matplotlib is installed, ``eval.png``."""
@@ -183,9 +220,22 @@ class EvaluationResult:
                     for k, value in enumerate(row):
                         writer.writerow([method, i, json.dumps(tasks[i]), k, f"{value:.6g}"])
         written = [out_dir / "eval.json", out_dir / "eval.csv"]
+        self.log_tensorboard(out_dir)
         if self.plot(out_dir / "eval.png"):
             written.append(out_dir / "eval.png")
         return written
+
+    def log_tensorboard(self, out_dir: Path) -> None:
+        """Scalars ``eval/<method>`` (mean return over tasks) and ``eval_ci95/<method>`` against the
+        adaptation step, next to the training curves when `out_dir` is inside the run directory."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(out_dir)) as writer:
+            for method, stats in self.summary().items():
+                for k, (mean, half) in enumerate(stats):
+                    writer.add_scalar(f"eval/{method}", mean, k)
+                    if math.isfinite(half):
+                        writer.add_scalar(f"eval_ci95/{method}", half, k)
 
     def plot(self, path: Path) -> bool:
         """Return vs. adaptation steps with 95% CIs; False when matplotlib is missing."""
@@ -200,7 +250,10 @@ class EvaluationResult:
         for method, stats in self.summary().items():
             means, halves = np.array([m for m, _ in stats]), np.array([h for _, h in stats])
             steps = np.arange(len(means))
-            ax.plot(steps, means, marker="o", label=method)
+            if self._adapted(method):
+                ax.plot(steps, means, marker="o", label=method)
+            else:
+                ax.plot(steps, means, linestyle="--", label=f"{method} (not adapted)")
             ax.fill_between(steps, means - halves, means + halves, alpha=0.2)
         ax.set_xlabel("adaptation steps")
         ax.set_ylabel("average return")
@@ -247,6 +300,8 @@ def evaluate(
     batch_unit: str | None = None,
     tasks_file: str | Path | None = None,
     baselines: Sequence[str] = (),
+    baseline_lrs: Mapping[str, float] | None = None,
+    videos: int = 0,
 ) -> EvaluationResult:
     """Evaluate the meta-policy of a run directory or checkpoint on unseen tasks.
 
@@ -255,20 +310,32 @@ def evaluate(
     ``batch_unit``: count each step's batch in ``episodes`` or ``steps`` (see ``env.batch_unit``).
     ``tasks_file``: a JSON list of tasks (their JSON form) to evaluate on instead of a split, e.g.
     the goals of a published protocol.
-    ``baselines``: methods run through the same protocol on the same tasks, next to ``maml``:
-    ``random`` is a freshly initialised policy of the same architecture, adapted the same way.
+    ``baselines``: methods run through the same protocol on the same tasks after the evaluated run:
+    ``random``, a freshly initialised policy of the same architecture, adapted the same way, and
+    ``NAME=RUN`` for another run of the same task family, e.g. ``pretrained=runs/nav_pretrain``
+    (``metarl train --algo pretrain``), ``oracle=runs/nav_oracle`` (``--algo oracle``: it observes
+    the task and is evaluated without adaptation) or ``fomaml=runs/nav_first_order``.
+    ``baseline_lrs``: a first-step size per method name (the MAML paper tuned the baselines' own).
+    ``videos``: record one episode before and one after adaptation for this many tasks.
     Unset arguments take the run's ``evaluation`` config. Results are written to `out_dir`
     (default: ``<run dir>/eval``, or ``eval_ood``).
     """
     if split not in ("test", "ood"):
         raise ValueError(f"split must be 'test' or 'ood', got {split!r}")
-    unknown = sorted(set(baselines) - set(BASELINES))
-    if unknown:
-        raise ConfigError([f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}"])
     given_tasks = _read_tasks(tasks_file) if tasks_file is not None else None
     if given_tasks is not None:
         num_tasks, split = len(given_tasks), "file"
     meta_policy = load(path)
+    methods = {method_name(meta_policy.config): meta_policy}
+    for name, other in _parse_baselines(baselines, methods).items():
+        if other is not None:
+            methods[name] = load(other)
+            _check_comparable(meta_policy, methods[name], name)
+        else:
+            methods[name] = None  # random: built below, once the observation space is known
+    unknown_lrs = sorted(set(baseline_lrs or {}) - set(methods))
+    if unknown_lrs:
+        raise ConfigError([f"--baseline-lr names {', '.join(unknown_lrs)}, which is not a method of this evaluation"])
     checkpoint = meta_policy.checkpoint
     overrides = {
         "num_tasks": num_tasks,
@@ -278,14 +345,29 @@ def evaluate(
         "batch_unit": batch_unit,
     }
     config = config_from_dict(
-        meta_policy.config.to_dict(), [f"evaluation.{k}={v}" for k, v in overrides.items() if v is not None]
+        meta_policy.config.to_dict(),
+        [f"evaluation.{k}={v}" for k, v in overrides.items() if v is not None] + ["train.algo=maml"],
     )
     protocol = dataclasses.asdict(config.evaluation)
     protocol["lr"] = protocol["lr"] if protocol["lr"] is not None else config.inner.lr
-    torch.manual_seed(protocol["seed"])
     protocol["batch_unit"] = protocol["batch_unit"] or config.env.batch_unit
-    sampler = Sampler.from_config(config, protocol["episodes_per_task"], protocol["seed"], protocol["batch_unit"])
+    samplers: dict[bool, Sampler] = {}
+
+    def sampler_for(observe_task: bool) -> Sampler:
+        """One sampler for the methods that see the task (oracles), one for the others."""
+        if observe_task not in samplers:
+            algo = "oracle" if observe_task else "maml"
+            samplers[observe_task] = Sampler.from_config(
+                config_from_dict(config.to_dict(), [f"train.algo={algo}"]),
+                protocol["episodes_per_task"],
+                protocol["seed"],
+                protocol["batch_unit"],
+            )
+        return samplers[observe_task]
+
+    torch.manual_seed(protocol["seed"])
     try:
+        sampler = sampler_for(False)
         # The held-out tasks are those the run kept out of training, whatever --seed says about sampling noise.
         task_seed = meta_policy.config.evaluation.seed
         splits = TaskSplits(sampler.env, config.train.seed, task_seed, protocol["num_tasks"])
@@ -294,18 +376,36 @@ def evaluate(
             tasks = given_tasks
         else:
             tasks = splits.test if split == "test" else splits.ood(protocol["num_tasks"])
-        policies = {"maml": (meta_policy.policy, meta_policy.params)}
-        if "random" in baselines:
-            torch.manual_seed(protocol["seed"] + 1)
-            policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
-            policies["random"] = (policy, detach(parameters_of(policy)))
-        curve = (protocol["adapt_steps"], protocol["lr"], protocol["later_lr_scale"])
-        returns = {
-            method: adaptation_curve(policy, params, sampler, tasks, config, *curve)
-            for method, (policy, params) in policies.items()
-        }
+        returns, protocol["methods"] = {}, {}
+        for name, method in methods.items():
+            if method is None:
+                torch.manual_seed(protocol["seed"] + 1)
+                policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
+                method = methods[name] = MetaPolicy(policy, config)
+            lr = (baseline_lrs or {}).get(name, protocol["lr"])
+            # An oracle is evaluated as it is, without adaptation (as in the MAML paper).
+            steps = 0 if method.observes_task else protocol["adapt_steps"]
+            curve = adaptation_curve(
+                method.policy,
+                method.params,
+                sampler_for(method.observes_task),
+                tasks,
+                config,
+                steps,
+                lr,
+                protocol["later_lr_scale"],
+            )
+            returns[name] = np.repeat(curve, protocol["adapt_steps"] + 1, axis=1) if steps == 0 else curve
+            protocol["methods"][name] = {
+                "checkpoint": method.checkpoint.get("path"),
+                "iteration": method.checkpoint.get("iteration"),
+                "algo": method.config.train.algo if method.checkpoint else "random init",
+                "lr": lr if not method.observes_task else None,
+                "adapted": not method.observes_task,
+            }
     finally:
-        sampler.close()
+        for each in samplers.values():
+            each.close()
     protocol.update(checkpoint=checkpoint["path"], iteration=checkpoint["iteration"], task_seed=task_seed, split=split)
     result = EvaluationResult(config.env.id, list(tasks), returns, protocol)
     if out_dir is None:
@@ -318,10 +418,69 @@ def evaluate(
         result.protocol["tasks_file"] = str(tasks_file)
     result.save(Path(out_dir))
     result.protocol["out_dir"] = str(out_dir)
+    if videos:
+        from metarl.video import record_adaptation_videos
+
+        result.protocol["videos"] = record_adaptation_videos(
+            meta_policy, list(tasks)[:videos], Path(out_dir) / "videos", protocol
+        )
     return result
 
 
-BASELINES = ("random",)  # methods `evaluate` can run next to the meta-learned policy
+def method_name(config: Config) -> str:
+    """What a run is called in an evaluation: maml, fomaml (first-order), pretrained or oracle."""
+    if config.train.algo == "maml":
+        return "fomaml" if config.inner.first_order else "maml"
+    return {"pretrain": "pretrained", "oracle": "oracle"}[config.train.algo]
+
+
+def _parse_baselines(baselines: Sequence[str], taken: Mapping[str, Any]) -> dict[str, str | None]:
+    """``random`` and ``NAME=RUN`` entries -> {name: run path, or None for random}."""
+    parsed: dict[str, str | None] = {}
+    problems = []
+    for entry in baselines:
+        name, sep, run = entry.partition("=")
+        name = name.strip()
+        if not sep and name != "random":
+            problems.append(
+                f"baseline {entry!r}: use 'random' or NAME=RUN for another run of this task family, "
+                "e.g. pretrained=runs/nav_pretrain"
+            )
+        elif sep and not (name and run):
+            problems.append(f"baseline {entry!r} needs a name and a run: NAME=RUN")
+        elif name in parsed or name in taken:
+            problems.append(f"baseline name {name!r} is used twice; give each method its own name")
+        else:
+            parsed[name] = run or None
+    if problems:
+        raise ConfigError(problems)
+    return parsed
+
+
+def _check_comparable(reference: MetaPolicy, other: MetaPolicy, name: str) -> None:
+    """A baseline must come from the same task distribution, with the same observations and actions."""
+    ours, theirs = reference.config.env, other.config.env
+    where = f"baseline '{name}' ({other.checkpoint['path']})"
+    if theirs.id != ours.id:
+        raise CheckpointError(
+            f"{where} was trained on {theirs.id}, the evaluated run on {ours.id}; compare runs of the same task family"
+        )
+    if (theirs.kwargs, theirs.task_space) != (ours.kwargs, ours.task_space):
+        raise CheckpointError(
+            f"{where} was trained on a different task distribution of {ours.id} (env.kwargs {theirs.kwargs}, "
+            f"task_space {theirs.task_space}; the evaluated run: {ours.kwargs}, {ours.task_space})"
+        )
+    ours_shape, theirs_shape = reference.checkpoint["observation_shape"], other.checkpoint["observation_shape"]
+    if not (reference.observes_task or other.observes_task) and theirs_shape != ours_shape:
+        raise CheckpointError(
+            f"{where} observes vectors of shape {theirs_shape}, the evaluated run {ours_shape}; "
+            "they cannot be compared on the same tasks"
+        )
+    if other.checkpoint["action_space"] != reference.checkpoint["action_space"]:
+        raise CheckpointError(
+            f"{where} acts in {other.checkpoint['action_space']}, the evaluated run in "
+            f"{reference.checkpoint['action_space']}; they cannot be compared on the same tasks"
+        )
 
 
 def _read_tasks(path: str | Path) -> list[Any]:

@@ -177,7 +177,7 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     """
     start = time.perf_counter()
     params = list(policy.parameters())
-    inner_loss_before = _inner_loss_value(policy, batch)
+    inner_loss_before = _inner_loss_stats(policy, batch)
     curvature = adaptation_curvature(policy, batch, inner)
     loss, grad = curvature.meta_gradient(policy, batch.outer)
     old_pi = curvature.old_pi
@@ -207,7 +207,7 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     return {
         "loss/outer": loss.item(),
         "loss/outer_after": loss_after,
-        "loss/inner": inner_loss_before,
+        **inner_loss_before,
         "policy/kl": kl_after,
         "policy/entropy": masked_mean(old_pi.entropy(), batch.outer.mask).item(),
         "optim/grad_norm": grad.norm().item(),
@@ -310,7 +310,7 @@ def gradient_step(
 ) -> dict[str, float]:
     """θ ← θ − β ∇θ Σ_i L(θ'_i(θ)) with Adam or SGD (the update rule of the MAML paper's Alg. 3)."""
     params = list(policy.parameters())
-    inner_loss_before = _inner_loss_value(policy, batch)
+    inner_loss_before = _inner_loss_stats(policy, batch)
     loss, old_pi = meta_loss(policy, batch, inner)
     optimizer.zero_grad()
     loss.backward()
@@ -323,18 +323,20 @@ def gradient_step(
     return {
         "loss/outer": loss.item(),
         "loss/outer_after": loss_after,
-        "loss/inner": inner_loss_before,
+        **inner_loss_before,
         "policy/kl": kl_after,
         "policy/entropy": masked_mean(old_pi.entropy(), batch.outer.mask).item(),
         "optim/grad_norm": grad_norm.item(),
     }
 
 
-def _inner_loss_value(policy: nn.Module, batch: MetaBatch) -> float:
-    """The first inner-step loss at the current θ, averaged over tasks."""
+def _inner_loss_stats(policy: nn.Module, batch: MetaBatch) -> dict[str, float]:
+    """The first inner-step loss at the current θ, averaged over tasks (none without inner steps)."""
+    if not batch.inner:
+        return {}
     with torch.no_grad():
         params = per_task(detach(parameters_of(policy)), len(batch.tasks))
-        return inner_loss(policy, params, batch.inner[0]).mean().item()
+        return {"loss/inner": inner_loss(policy, params, batch.inner[0]).mean().item()}
 
 
 def _assign(params: Sequence[Tensor], vector: Tensor) -> None:

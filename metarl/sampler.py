@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from metarl.config import Config
 from metarl.functional import Params, distribution, per_task
-from metarl.tasks import horizon_of, make_env, make_vector_env, set_tasks
+from metarl.tasks import EnvError, horizon_of, make_env, make_vector_env, sample_tasks, set_tasks, task_features
 
 
 class NonFiniteError(FloatingPointError):
@@ -94,6 +94,7 @@ class Sampler:
             (`metarl.tasks.make_vector_env`); results do not depend on it.
         task_space: an ``env.task_space`` mapping that makes the environment a task distribution
             (`metarl.task_space`).
+        observe_task: append each copy's `task_features` to its observations (the oracle baseline).
     """
 
     def __init__(
@@ -109,8 +110,10 @@ class Sampler:
         batch_unit: str = "episodes",
         workers: int | None = None,
         task_space: Mapping[str, Any] | None = None,
+        observe_task: bool = False,
     ) -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
+        self.observe_task = observe_task
         self.workers, self.task_space = workers, task_space
         self.episodes_per_task = episodes_per_task
         self.action_scaling, self.action_bound = action_scaling, action_bound
@@ -120,6 +123,8 @@ class Sampler:
         self.env = make_env(env_id, self.env_kwargs, horizon, task_space)
         self.horizon = horizon_of(self.env, horizon)
         self.observation_space = self.env.observation_space
+        if observe_task:
+            self.observation_space = with_task_features(self.env.observation_space, self.env)
         self.action_space = self.env.action_space
         self._vector_envs: dict[int, VectorEnv] = {}
 
@@ -145,6 +150,7 @@ class Sampler:
             batch_unit=batch_unit or config.env.batch_unit,
             workers=config.env.workers,
             task_space=config.env.task_space,
+            observe_task=config.train.algo == "oracle",
         )
 
     @classmethod
@@ -162,7 +168,7 @@ class Sampler:
         sampler.env_id, sampler.env_kwargs, sampler.episodes_per_task = None, {}, 1
         sampler.action_scaling, sampler.action_bound = action_scaling, action_bound
         sampler.device, sampler.batch_unit, sampler.workers = torch.device("cpu"), "episodes", 1
-        sampler.task_space = None
+        sampler.task_space, sampler.observe_task = None, False
         sampler.rng = np.random.default_rng([seed, 2])
         sampler.env, sampler.horizon = env, horizon_of(env, horizon)
         sampler.observation_space, sampler.action_space = env.observation_space, env.action_space
@@ -217,11 +223,15 @@ class Sampler:
         if tasks is not None:
             set_tasks(envs, [task for task in tasks for _ in range(num_episodes)])
         obs, _ = envs.reset(seed=int(self.rng.integers(2**31)))
+        if self.observe_task:
+            features = np.repeat(np.stack([task_features(task) for task in tasks]), num_episodes, axis=0)
 
         steps: dict[str, list[Tensor]] = {k: [] for k in ("observations", "actions", "rewards", "mask", "log_probs")}
         alive = np.ones(envs.num_envs, dtype=bool)
         for _ in range(self.horizon):
             _check_finite(obs, "observations", tasks, num_episodes)
+            if self.observe_task:
+                obs = np.concatenate([obs, features], axis=-1)
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
             obs_t = obs_t.reshape(num_tasks, num_episodes, *obs_t.shape[1:])
             pi = distribution(policy, params, obs_t)
@@ -260,6 +270,16 @@ def _torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def with_task_features(space: gym.Space, env: gym.Env) -> spaces.Box:
+    """The observation space of an oracle: `space` followed by the `task_features` of env's tasks."""
+    if not (isinstance(space, spaces.Box) and len(space.shape) == 1):
+        raise EnvError(f"an oracle appends the task to flat Box observations; {env.spec.id} observes {space}")
+    size = len(task_features(sample_tasks(env, 1, np.random.default_rng(0))[0]))
+    low = np.concatenate([space.low, np.full(size, -np.inf)]).astype(np.float32)
+    high = np.concatenate([space.high, np.full(size, np.inf)]).astype(np.float32)
+    return spaces.Box(low, high, dtype=np.float32)
 
 
 def concat_episodes(batches: Sequence[Episodes]) -> Episodes:

@@ -194,6 +194,25 @@ def task_to_json(task: Any) -> Any:
     return json.loads(json.dumps(task, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
 
 
+def task_features(task: Any) -> np.ndarray:
+    """The numbers of a task, flattened in a fixed order (mapping keys sorted): what an oracle
+    policy observes next to the environment's observation. Strings and booleans are left out."""
+    values: list[float] = []
+
+    def walk(x: Any) -> None:
+        if isinstance(x, Mapping):
+            for key in sorted(x):
+                walk(x[key])
+        elif isinstance(x, (list, tuple)):
+            for item in x:
+                walk(item)
+        elif isinstance(x, (int, float)) and not isinstance(x, bool):
+            values.append(float(x))
+
+    walk(task_to_json(task))
+    return np.asarray(values, dtype=np.float32)
+
+
 class TaskSplits:
     """Reproducible, disjoint train and test task sets for one task distribution.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime
 import json
 import re
@@ -81,7 +82,14 @@ def train(config: Config, run_dir: Path | None = None, progress: bool = True) ->
     torch.manual_seed(config.train.seed)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
-    sampler = Sampler.from_config(config)  # first: a bad environment leaves no run directory behind
+    inner, episodes_per_task = config.inner, config.inner.episodes_per_task
+    if config.train.algo != "maml":
+        # The baselines take no inner step; each iteration samples as many episodes per task as
+        # MAML's pre- and post-adaptation batches hold together.
+        inner = dataclasses.replace(config.inner, steps=0)
+        episodes_per_task *= config.inner.steps + 1
+    # first: a bad environment leaves no run directory behind
+    sampler = Sampler.from_config(config, episodes_per_task)
     run_dir = run_dir or make_run_dir(config)
     (run_dir / "config.yaml").write_text(config.to_yaml())
     policy = make_policy(sampler.observation_space, sampler.action_space, config.policy).to(config.train.device)
@@ -102,10 +110,11 @@ def train(config: Config, run_dir: Path | None = None, progress: bool = True) ->
             # --- Alg. 3 line 3: sample a batch of training tasks (never a held-out test task)
             tasks = splits.sample_train(config.outer.tasks_per_batch)
             # --- lines 4-8: pre-adaptation episodes, inner step, post-adaptation episodes
-            batch = sample_meta_batch(sampler, policy, tasks, config.inner, config.advantages)
+            #     (pretrain and oracle: no inner step, the outer step is on θ's own episodes)
+            batch = sample_meta_batch(sampler, policy, tasks, inner, config.advantages)
             # --- line 10: outer update of θ from the post-adaptation returns
             outer_start = time.perf_counter()
-            stats = meta_step(policy, batch, config.inner, config.outer, optimizer)
+            stats = meta_step(policy, batch, inner, config.outer, optimizer)
             end = time.perf_counter()
 
             metrics = iteration_metrics(batch, stats, policy)

@@ -314,4 +314,4 @@ def test_evaluate_with_the_random_baseline(trained_run, tmp_path, capsys):
     assert again["per_task"] == result["per_task"]
 
     assert main([*args, "--baselines", "oracle"]) == 2
-    assert "unknown baseline(s) oracle; choose from random" in capsys.readouterr().err
+    assert "baseline 'oracle': use 'random' or NAME=RUN" in capsys.readouterr().err

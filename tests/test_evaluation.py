@@ -1,0 +1,241 @@
+"""Meta-testing against the MAML paper's baselines: pretrained, oracle, random, first-order MAML."""
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import envs  # noqa: F401  (registers MetaRL/)
+from metarl import load
+from metarl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from metarl.cli import main
+from metarl.config import load_config
+from metarl.evaluation import evaluate
+from metarl.policies import make_policy
+from metarl.sampler import Sampler
+from metarl.tasks import task_features
+from metarl.train import train
+from metarl.video import record_adaptation_videos
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+
+
+def _run(logdir: Path, name: str, *overrides: str) -> Path:
+    config = load_config(
+        SMOKE,
+        ["train.iterations=2", "train.num_threads=1", f"train.logdir={logdir}", f"train.run_name={name}", *overrides],
+    )
+    return train(config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A MAML, a first-order MAML, a pretrained and an oracle run of the smoke config (seconds)."""
+    logdir = tmp_path_factory.mktemp("runs")
+    threads = torch.get_num_threads()
+    yield {
+        "maml": _run(logdir, "maml"),
+        "fomaml": _run(logdir, "fomaml", "inner.first_order=true"),
+        "pretrain": _run(logdir, "pretrain", "train.algo=pretrain"),
+        "oracle": _run(logdir, "oracle", "train.algo=oracle"),
+    }
+    torch.set_num_threads(threads)
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_task_features_flatten_the_numbers_of_a_task():
+    assert task_features({"goal": [0.25, -0.5]}).tolist() == [0.25, -0.5]
+    assert task_features({"b": 2, "a": {"y": [1, 2], "x": 3.5}, "name": "x", "flag": True}).tolist() == [3.5, 1, 2, 2]
+    assert task_features(1.5).tolist() == [1.5]
+
+
+def test_the_oracle_observes_each_copys_own_task():
+    sampler = Sampler("MetaRL/Navigation2D-v0", 3, horizon=5, observe_task=True)
+    assert sampler.observation_space.shape == (4,)
+    policy = make_policy(sampler.observation_space, sampler.action_space, load_config(SMOKE).policy)
+    tasks = [{"goal": [0.1, 0.2]}, {"goal": [-0.3, 0.4]}]
+    episodes = sampler.sample(policy, dict(policy.named_parameters()), tasks)
+    goals = episodes.observations[..., 2:]
+    assert torch.equal(goals[0], torch.tensor([0.1, 0.2]).expand_as(goals[0]))
+    assert torch.equal(goals[1], torch.tensor([-0.3, 0.4]).expand_as(goals[1]))
+    sampler.close()
+
+
+def test_baselines_train_without_an_inner_loop_on_maml_s_sample_budget(runs):
+    maml, pretrain, oracle = (_metrics(runs[k]) for k in ("maml", "pretrain", "oracle"))
+    for metrics in (pretrain, oracle):
+        # No adaptation: one batch per iteration, sampled and updated with θ itself.
+        assert all(m["returns/pre_adaptation"] == m["returns/post_adaptation"] for m in metrics)
+        assert all(m["time/adapt_s"] == 0.0 and "loss/inner" not in m for m in metrics)
+    # Horizon 20 never reaches a goal in these tiny runs, so every episode has 20 steps: MAML samples
+    # 3 tasks x 4 episodes before and after adapting, the baselines 3 x 8 at once.
+    assert maml[0]["time/env_steps"] == pretrain[0]["time/env_steps"] == oracle[0]["time/env_steps"] == 3 * 8 * 20
+    assert load_checkpoint(runs["oracle"])["observation_shape"] == [4]
+    assert load_checkpoint(runs["pretrain"])["config"]["train"]["algo"] == "pretrain"
+
+
+def test_evaluate_runs_every_method_through_the_same_protocol(runs, tmp_path, capsys):
+    out = tmp_path / "eval"
+    baselines = ["random", f"pretrained={runs['pretrain']}", f"oracle={runs['oracle']}", f"fomaml={runs['fomaml']}"]
+    args = ["evaluate", str(runs["maml"]), "--tasks", "3", "--adapt-steps", "2", "--out", str(out)]
+    assert main([*args, "--baselines", *baselines, "--baseline-lr", "pretrained=0.2"]) == 0
+    table = capsys.readouterr().out
+    for method in ("maml", "random", "pretrained", "oracle", "fomaml"):
+        assert f"\n{method} " in table
+    assert "(not adapted)" in table.split("\noracle")[1].splitlines()[0]
+
+    result = json.loads((out / "eval.json").read_text())
+    assert list(result["per_task"]) == ["maml", "random", "pretrained", "oracle", "fomaml"]
+    per_task = {m: np.array(r) for m, r in result["per_task"].items()}
+    assert all(r.shape == (3, 3) for r in per_task.values())
+    # The oracle is evaluated once, without adaptation; the others change from step to step.
+    assert (per_task["oracle"] == per_task["oracle"][:, :1]).all()
+    assert not (per_task["pretrained"] == per_task["pretrained"][:, :1]).all()
+    methods = result["protocol"]["methods"]
+    assert methods["pretrained"]["lr"] == 0.2 and methods["maml"]["lr"] == 0.1 and methods["oracle"]["lr"] is None
+    assert methods["oracle"]["algo"] == "oracle" and methods["random"]["algo"] == "random init"
+    assert methods["fomaml"]["checkpoint"].startswith(str(runs["fomaml"]))
+    assert list(out.glob("events.out.tfevents.*")), "TensorBoard scalars eval/<method>"
+    assert (out / "eval.png").is_file()
+
+    # Deterministic given the seed, and adding baselines does not change MAML's own numbers.
+    alone = evaluate(runs["maml"], 3, 2, out_dir=tmp_path / "alone")
+    assert alone.returns["maml"].tolist() == result["per_task"]["maml"]
+
+
+def test_a_run_evaluated_on_its_own_is_named_by_its_algorithm(runs, tmp_path):
+    assert list(evaluate(runs["pretrain"], 2, 1, out_dir=tmp_path / "p").returns) == ["pretrained"]
+    oracle = evaluate(runs["oracle"], 2, 1, out_dir=tmp_path / "o")
+    assert list(oracle.returns) == ["oracle"] and not oracle.protocol["methods"]["oracle"]["adapted"]
+    assert list(evaluate(runs["fomaml"], 2, 1, out_dir=tmp_path / "f").returns) == ["fomaml"]
+
+
+def test_a_loaded_oracle_acts_on_observation_and_task(runs):
+    oracle = load(runs["oracle"])
+    space = gym.spaces.Box(-0.1, 0.1, (2,), np.float32)
+    action = oracle.act(np.zeros(2), action_space=space, task={"goal": [0.3, 0.3]})
+    assert action.shape == (2,) and space.contains(action)
+    with pytest.raises(ValueError, match="pass task="):
+        oracle.act(np.zeros(2), action_space=space)
+    with pytest.raises(ValueError, match="not adapted"):
+        oracle.adapt("MetaRL/Navigation2D-v0")
+
+
+def test_a_baseline_of_another_task_family_is_refused(runs, tmp_path, capsys):
+    other = tmp_path / "cheetah"
+    config = load_config(
+        None,
+        [
+            "env.id=MetaRL/HalfCheetahVel-v0",
+            "env.horizon=5",
+            "inner.episodes_per_task=2",
+            "outer.tasks_per_batch=2",
+            "train.iterations=1",
+            "train.num_threads=1",
+            "policy.hidden_sizes=[8]",
+            f"train.logdir={tmp_path}",
+            "train.run_name=cheetah",
+        ],
+    )
+    train(config, progress=False)
+    code = main(["evaluate", str(runs["maml"]), "--tasks", "2", "--baselines", f"pretrained={other}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "was trained on MetaRL/HalfCheetahVel-v0, the evaluated run on MetaRL/Navigation2D-v0" in err
+
+    # The same family with another goal distribution is a different task distribution.
+    wide = _run(tmp_path, "wide", "env.kwargs={goal_high: 1.0}")
+    assert main(["evaluate", str(runs["maml"]), "--tasks", "2", "--baselines", f"pretrained={wide}"]) == 2
+    assert "different task distribution of MetaRL/Navigation2D-v0" in capsys.readouterr().err
+
+
+def test_a_checkpoint_whose_observations_no_longer_fit_is_refused(runs, tmp_path, capsys):
+    payload = load_checkpoint(runs["maml"])
+    payload.pop("path"), payload.pop("format_version")
+    payload["observation_shape"] = [3]
+    save_checkpoint(tmp_path / "changed.pt", payload)
+    with pytest.raises(CheckpointError, match=r"expects observations of shape \[3\], but MetaRL/Navigation2D-v0 gives"):
+        load(tmp_path / "changed.pt")
+    assert main(["evaluate", str(tmp_path / "changed.pt")]) == 2
+    assert "was the environment changed since training?" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        (["pretrained"], "use 'random' or NAME=RUN"),
+        (["x="], "needs a name and a run"),
+        (["random", "random"], "used twice"),
+        (["maml=somewhere"], "used twice"),
+    ],
+)
+def test_baseline_entries_are_validated(runs, capsys, entries, message):
+    assert main(["evaluate", str(runs["maml"]), "--baselines", *entries]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_baseline_lr_must_name_a_method(runs, capsys):
+    assert main(["evaluate", str(runs["maml"]), "--baseline-lr", "pretrained=0.2"]) == 2
+    assert "not a method of this evaluation" in capsys.readouterr().err
+    assert main(["evaluate", str(runs["maml"]), "--baseline-lr", "random=fast"]) == 2
+    assert "must look like METHOD=STEP_SIZE" in capsys.readouterr().err
+
+
+def test_navigation_renders_goal_path_and_robot():
+    env = gym.make("MetaRL/Navigation2D-v0", render_mode="rgb_array")
+    env.reset(seed=0, options={"task": {"goal": [0.5, -0.5]}})
+    frame = env.render()
+    assert frame.shape == (256, 256, 3) and frame.dtype == np.uint8
+    # The goal (0.5, -0.5) is red at column 191, row 191 (y grows upwards); the robot blue at the centre.
+    assert tuple(frame[191, 191]) == (220, 40, 40)
+    assert tuple(frame[127, 127]) == (40, 80, 220)
+    env.step(np.array([0.1, 0.1], dtype=np.float32))
+    assert tuple(env.render()[127, 127]) == (150, 150, 150)  # the path behind the robot
+    plain = gym.make("MetaRL/Navigation2D-v0")
+    plain.reset(seed=0)
+    assert plain.render() is None
+
+
+def test_videos_before_and_after_adaptation(runs, tmp_path, capsys):
+    protocol = {"adapt_steps": 1, "lr": 0.1, "later_lr_scale": 0.5, "episodes_per_task": 2, "seed": 0}
+    tasks = [{"goal": [0.2, 0.1]}]
+    written = record_adaptation_videos(load(runs["maml"]), tasks, tmp_path, protocol)
+    names = sorted(Path(f).name for f in written["files"])
+    assert names == ["task00_after_adaptation-episode-0.mp4", "task00_before_adaptation-episode-0.mp4"]
+    assert all(Path(f).stat().st_size > 0 for f in written["files"])
+
+
+def test_videos_are_skipped_with_the_reason_when_they_cannot_be_recorded(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "moviepy", None)  # as if not installed
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = evaluate(runs["maml"], 2, 1, out_dir=tmp_path / "e", videos=1)
+    assert result.protocol["videos"] == {"skipped": 'recording needs moviepy: pip install "metarl[video]"'}
+    assert "videos skipped: recording needs moviepy" in out.getvalue()
+    assert (tmp_path / "e" / "eval.json").is_file()  # the numbers are written all the same
+
+
+def test_videos_are_skipped_when_the_environment_cannot_render(runs, tmp_path, capsys, monkeypatch):
+    from envs.navigation import Navigation2DEnv
+
+    def no_gl(self):
+        raise RuntimeError("an OpenGL platform library has not been loaded")
+
+    monkeypatch.setattr(Navigation2DEnv, "render", no_gl)
+    protocol = {"adapt_steps": 1, "lr": 0.1, "later_lr_scale": 0.5, "episodes_per_task": 2, "seed": 0}
+    skipped = record_adaptation_videos(load(runs["maml"]), [{"goal": [0.2, 0.1]}], tmp_path, protocol)
+    assert "MetaRL/Navigation2D-v0 cannot render rgb_array frames here (RuntimeError" in skipped["skipped"]
+    assert "MUJOCO_GL=egl" in skipped["skipped"]
+    assert not list(tmp_path.iterdir())
