@@ -16,8 +16,9 @@ from metarl.checkpoint import CheckpointError
 from metarl.config import ConfigError, load_config
 from metarl.sampler import NonFiniteError
 from metarl.tasks import EnvError, ensure_registered, horizon_of, make_env
+from metarl.workers import WorkerError
 
-EXPECTED_ERRORS = (ConfigError, EnvError, CheckpointError, NonFiniteError)
+EXPECTED_ERRORS = (ConfigError, EnvError, CheckpointError, NonFiniteError, WorkerError)
 
 DESCRIPTION = """\
 Meta-reinforcement learning with MAML for robots: meta-train a policy on a task family, then
@@ -32,7 +33,20 @@ measure how fast it adapts to tasks it never saw.
 
 def _train(args: argparse.Namespace) -> int:
     from metarl.evaluation import evaluate
-    from metarl.train import train
+    from metarl.train import resume, train
+
+    if (args.config is None) == (args.resume is None):
+        raise ConfigError(["give a config file to start a run, or --resume RUN_DIR to continue one (not both)"])
+    if args.resume is not None:
+        overrides = list(args.set or [])
+        if args.iterations is not None:
+            overrides.append(f"train.iterations={args.iterations}")
+        ignored = [name for name in ("seed", "logdir", "run_name", "algo") if getattr(args, name) is not None]
+        if ignored:
+            raise ConfigError([f"--{', --'.join(n.replace('_', '-') for n in ignored)} cannot change when resuming"])
+        run_dir = resume(args.resume, overrides, progress=not args.no_progress)
+        config = load_config(run_dir / "config.yaml")
+        return _after_training(args, run_dir, config, evaluate)
 
     overrides = list(args.set or [])
     if args.seed is not None:
@@ -48,6 +62,10 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     ensure_registered(config.env.id)
     run_dir = train(config, progress=not args.no_progress)
+    return _after_training(args, run_dir, config, evaluate)
+
+
+def _after_training(args: argparse.Namespace, run_dir: Path, config, evaluate) -> int:
     print(f"\nrun directory: {run_dir}")
     print(f"TensorBoard:   tensorboard --logdir {run_dir.parent}")
     if args.evaluate:
@@ -185,7 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Meta-train a policy with MAML. Writes a run directory with "
         "config.yaml, TensorBoard events, metrics.jsonl and checkpoints/.",
     )
-    train.add_argument("config", help="YAML config, e.g. experiments/navigation_2d.yaml")
+    train.add_argument("config", nargs="?", help="YAML config, e.g. experiments/navigation_2d.yaml")
+    train.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped run from its newest checkpoint, exactly as if it had not stopped (its own "
+        "config; --iterations N extends a finished run; --set may change only train.iterations, "
+        "train.num_threads, train.checkpoint_every, train.keep_checkpoints, env.workers, env.worker_timeout)",
+    )
     train.add_argument(
         "--set",
         action="append",
@@ -304,9 +329,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"metarl {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        print("\ninterrupted" + (f" by {interrupt}" if str(interrupt) else ""), file=sys.stderr)
+        return 143 if str(interrupt) == "SIGTERM" else 130
 
 
 if __name__ == "__main__":

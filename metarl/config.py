@@ -43,6 +43,9 @@ class EnvConfig:
     """Parallel stepping. Families with batched physics (HalfCheetah*, Navigation2D) run it on this
     many C threads (default: one per core). Other families step in this many worker processes when
     it is above 1 (default: in the training process). Results do not depend on it."""
+    worker_timeout: float | None = 60.0
+    """Seconds a worker process may take to answer (one step of its environments) before the run
+    stops with an error naming it; null waits as long as the worker lives."""
     task_space: dict[str, Any] | None = None
     """Make any environment a task distribution without code: parameter name -> distribution and
     how it is applied (constructor kwarg, attribute, MuJoCo model field, reward goal); see
@@ -116,6 +119,12 @@ class TrainConfig:
     num_threads: int | None = None
     """torch intra-op threads (null: torch's default, all cores)."""
     checkpoint_every: int = 50
+    """Write ``checkpoints/iter_<N>.pt`` every this many iterations (a killed run loses at most these)."""
+    keep_checkpoints: int = 3
+    """Keep the newest this many ``iter_<N>.pt`` files (``best.pt`` and ``final.pt`` are kept as well)."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN or infinity in episodes, losses, gradients or parameters: ``stop`` the run (the state
+    after the last good iteration is saved) or ``skip`` that meta-batch and go on from the last good θ."""
     logdir: str = "runs"
     """Parent directory of run directories."""
     run_name: str | None = None
@@ -162,6 +171,7 @@ class Config:
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "env.horizon": (lambda v: v is None or v > 0, "a positive integer or null"),
     "env.workers": (lambda v: v is None or v >= 1, "at least 1, or null for the default"),
+    "env.worker_timeout": (lambda v: v is None or v > 0, "positive seconds, or null for no limit"),
     "policy.hidden_sizes": (lambda v: all(h > 0 for h in v), "a list of positive integers"),
     "policy.init_std": (lambda v: v > 0, "positive"),
     "policy.action_bound": (lambda v: v > 0, "positive"),
@@ -181,12 +191,44 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.iterations": (lambda v: v >= 0, "non-negative"),
     "train.num_threads": (lambda v: v is None or v >= 1, "at least 1 or null"),
     "train.checkpoint_every": (lambda v: v >= 1, "at least 1"),
+    "train.keep_checkpoints": (lambda v: v >= 1, "at least 1"),
+    "train.device": (lambda v: _valid_device(v), "a torch device available here: 'cpu', 'cuda', 'cuda:0', 'mps'"),
     "evaluation.num_tasks": (lambda v: v >= 1, "at least 1"),
     "evaluation.adapt_steps": (lambda v: v >= 0, "non-negative"),
     "evaluation.episodes_per_task": (lambda v: v >= 1, "at least 1"),
     "evaluation.lr": (lambda v: v is None or v >= 0, "non-negative or null"),
     "evaluation.later_lr_scale": (lambda v: v >= 0, "non-negative"),
 }
+
+
+def _valid_device(name: str) -> bool:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()
+    if device.type == "mps":
+        return torch.backends.mps.is_available()
+    return device.type == "cpu"
+
+
+def _combination_problems(config: Config) -> list[str]:
+    """Settings that are valid alone but contradict each other."""
+    problems = []
+    if config.train.algo != "maml" and config.inner.first_order:
+        problems.append(
+            f"'inner.first_order' has no effect with train.algo={config.train.algo} (it takes no inner "
+            "step); first-order MAML is train.algo=maml with inner.first_order=true"
+        )
+    if config.outer.algo == "trpo" and config.outer.max_grad_norm is not None:
+        problems.append(
+            "'outer.max_grad_norm' clips Adam/SGD steps; TRPO bounds its step with outer.max_kl "
+            "(set outer.algo=adam, or remove outer.max_grad_norm)"
+        )
+    return problems
 
 
 _NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -306,6 +348,8 @@ def config_from_dict(data: Mapping[str, Any], overrides: Iterable[str] = ()) -> 
         from metarl.task_space import task_space_problems
 
         problems += task_space_problems(config.env.task_space, "env.task_space")
+    if not problems:
+        problems += _combination_problems(config)
     if problems:
         raise ConfigError(problems)
     return config

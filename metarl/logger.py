@@ -33,6 +33,23 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _open_truncated(path: Path, keep_until: int):
+    """Open a JSON-lines log for appending, keeping only the lines of iterations <= `keep_until`."""
+    if path.exists():
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line.strip() and _iteration_of(line) <= keep_until]
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept))
+    return path.open("a")
+
+
+def _iteration_of(line: str) -> float:
+    try:
+        return json.loads(line)["iteration"]
+    except (ValueError, KeyError, TypeError):  # a line cut off by a crash
+        return math.inf
+
+
 class RunLogger:
     """Writes the metrics of every meta-iteration to TensorBoard, ``metrics.jsonl`` and a progress bar."""
 
@@ -41,9 +58,11 @@ class RunLogger:
     ) -> None:
         self.run_dir = run_dir
         self.config = _flatten(config)
-        self.writer = SummaryWriter(str(run_dir))
-        self.jsonl = (run_dir / "metrics.jsonl").open("a")
-        self.tasks_jsonl = (run_dir / "tasks.jsonl").open("a")
+        # Resuming after iteration `start`: whatever was logged after it (a run killed between two
+        # checkpoints) is dropped, so every iteration appears exactly once.
+        self.writer = SummaryWriter(str(run_dir), purge_step=start + 1 if start else None)
+        self.jsonl = _open_truncated(run_dir / "metrics.jsonl", start)
+        self.tasks_jsonl = _open_truncated(run_dir / "tasks.jsonl", start)
         if start == 0:
             table = "\n".join(f"|{k}|{v}|" for k, v in self.config.items())
             self.writer.add_text("config", f"|parameter|value|\n|-|-|\n{table}")
@@ -66,6 +85,14 @@ class RunLogger:
             s_per_it=f"{metrics['time/iteration_s']:.2f}",
             steps_per_s=f"{metrics['time/env_steps_per_s']:,.0f}",
         )
+        self.bar.update(1)
+
+    def skipped(self, iteration: int, reason: str) -> None:
+        """An iteration whose meta-batch was dropped (``train.on_nonfinite: skip``)."""
+        self.writer.add_scalar("optim/skipped_batch", 1.0, iteration)
+        self.jsonl.write(json.dumps({"iteration": iteration, "skipped": reason}) + "\n")
+        self.jsonl.flush()
+        self.message(reason)
         self.bar.update(1)
 
     def message(self, text: str) -> None:

@@ -29,7 +29,7 @@ from metarl.config import AdvantageConfig, InnerConfig, OuterConfig
 from metarl.curvature import GaussianMLPCurvature, Product, autograd_products, supports_fast_curvature
 from metarl.functional import Params, detach, distribution, parameters_of, per_task, sgd_step
 from metarl.returns import discounted_returns, generalized_advantages, masked_mean, normalize
-from metarl.sampler import Episodes, Sampler, pack_steps
+from metarl.sampler import Episodes, NonFiniteError, Sampler, pack_steps
 from metarl.trpo import conjugate_gradient, flat, line_search
 
 
@@ -56,6 +56,22 @@ def estimate_advantages(episodes: Episodes, config: AdvantageConfig) -> Episodes
     if config.normalize:
         advantages = normalize(advantages, episodes.mask, dim=(-2, -1))
     return pack_steps(dataclasses.replace(episodes, advantages=advantages))
+
+
+def check_finite(what: str, values: Params | Sequence[Tensor], tasks: Sequence[Any] | None = None) -> None:
+    """Raise `NonFiniteError` naming `what`, and the tasks whose slices hold NaN or infinity when
+    the values carry a leading task dimension, so a fault is reported where it arises."""
+    tensors = list(values.values()) if isinstance(values, dict) else list(values)
+    if all(bool(torch.isfinite(t).all()) for t in tensors):
+        return
+    where = ""
+    if tasks is not None:
+        bad = torch.zeros(len(tasks), dtype=torch.bool)
+        for t in tensors:
+            bad |= ~torch.isfinite(t.reshape(len(tasks), -1)).all(1).cpu()
+        index = bad.nonzero().flatten().tolist()
+        where = f" for task {', '.join(repr(tasks[i]) for i in index[:3])}" + (" and others" if len(index) > 3 else "")
+    raise NonFiniteError(f"non-finite {what}{where}")
 
 
 def inner_loss(policy: nn.Module, params: Params, episodes: Episodes) -> Tensor:
@@ -107,6 +123,7 @@ def sample_meta_batch(
         episodes, mean_returns = sample_with(params)
         start = time.perf_counter()
         params = detach(adapt(policy, params, [episodes], inner.lr, create_graph=False))
+        check_finite("adapted parameters after the inner step", params, tasks)
         timings["adapt_s"] += time.perf_counter() - start
         inner_episodes.append(episodes)
         returns.append(mean_returns)
@@ -179,12 +196,14 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     params = list(policy.parameters())
     inner_loss_before = _inner_loss_stats(policy, batch)
     curvature = adaptation_curvature(policy, batch, inner)
-    loss, grad = curvature.meta_gradient(policy, batch.outer)
+    loss, grad = curvature.meta_gradient(policy, batch.outer, batch.tasks)
+    check_finite("meta-gradient", [grad])
     old_pi = curvature.old_pi
     gradient_done = time.perf_counter()
 
     fvp = curvature.kl_hessian_product(outer.cg_damping)
     direction, f_direction = conjugate_gradient(fvp, grad, outer.cg_iters)  # ≈ F⁻¹ g, and F F⁻¹ g
+    check_finite("natural-gradient direction (conjugate gradient on the KL Hessian)", [direction, f_direction])
     step_curvature = 0.5 * (direction @ f_direction)
     full_step = direction * math.sqrt(outer.max_kl / max(step_curvature.item(), 1e-12))
     del fvp, curvature  # free the cached passes before the line search builds its own
@@ -202,6 +221,7 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     if accepted is None:  # no step improved within the trust region: keep θ
         _assign(params, theta)
         loss_after, kl_after = loss.item(), 0.0
+    check_finite("parameters after the outer step", dict(policy.named_parameters()))
     step_norm = 0.0 if accepted is None else (outer.ls_backtrack_ratio**accepted * full_step).norm().item()
     end = time.perf_counter()
     return {
@@ -244,12 +264,15 @@ class AdaptationCurvature:
             vectors = [v - self.lr * h for v, h in zip(vectors, hessian(vectors), strict=True)]
         return vectors
 
-    def meta_gradient(self, policy: nn.Module, outer: Episodes) -> tuple[Tensor, Tensor]:
+    def meta_gradient(
+        self, policy: nn.Module, outer: Episodes, tasks: Sequence[Any] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """The meta-objective at θ and its gradient ``Σ_i J_iᵀ ∇θ'L(θ'_i)`` as a flat vector."""
         adapted = {name: p.detach().requires_grad_() for name, p in self.adapted.items()}
         with torch.enable_grad():
             loss = surrogate_loss(policy, adapted, outer)
             grads = torch.autograd.grad(loss, list(adapted.values()))
+        check_finite("post-adaptation loss gradient", grads, tasks)
         return loss.detach(), flat([g.sum(0) for g in self.jacobian_product(list(grads), transpose=True)])
 
     def kl_hessian_product(self, damping: float) -> Callable[[Tensor], Tensor]:
@@ -314,11 +337,13 @@ def gradient_step(
     loss, old_pi = meta_loss(policy, batch, inner)
     optimizer.zero_grad()
     loss.backward()
+    check_finite("meta-gradient", [p.grad for p in params if p.grad is not None])
     if outer.max_grad_norm is not None:
         grad_norm = nn.utils.clip_grad_norm_(params, outer.max_grad_norm)
     else:
         grad_norm = flat([p.grad for p in params]).norm()
     optimizer.step()
+    check_finite("parameters after the outer step", dict(policy.named_parameters()))
     loss_after, kl_after = loss_and_kl(policy, batch, inner, old_pi)
     return {
         "loss/outer": loss.item(),

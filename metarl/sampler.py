@@ -95,6 +95,7 @@ class Sampler:
         task_space: an ``env.task_space`` mapping that makes the environment a task distribution
             (`metarl.task_space`).
         observe_task: append each copy's `task_features` to its observations (the oracle baseline).
+        worker_timeout: seconds a worker process may take to answer before it is an error.
     """
 
     def __init__(
@@ -111,9 +112,10 @@ class Sampler:
         workers: int | None = None,
         task_space: Mapping[str, Any] | None = None,
         observe_task: bool = False,
+        worker_timeout: float | None = None,
     ) -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
-        self.observe_task = observe_task
+        self.observe_task, self.worker_timeout = observe_task, worker_timeout
         self.workers, self.task_space = workers, task_space
         self.episodes_per_task = episodes_per_task
         self.action_scaling, self.action_bound = action_scaling, action_bound
@@ -151,6 +153,7 @@ class Sampler:
             workers=config.env.workers,
             task_space=config.env.task_space,
             observe_task=config.train.algo == "oracle",
+            worker_timeout=config.env.worker_timeout,
         )
 
     @classmethod
@@ -168,7 +171,7 @@ class Sampler:
         sampler.env_id, sampler.env_kwargs, sampler.episodes_per_task = None, {}, 1
         sampler.action_scaling, sampler.action_bound = action_scaling, action_bound
         sampler.device, sampler.batch_unit, sampler.workers = torch.device("cpu"), "episodes", 1
-        sampler.task_space, sampler.observe_task = None, False
+        sampler.task_space, sampler.observe_task, sampler.worker_timeout = None, False, None
         sampler.rng = np.random.default_rng([seed, 2])
         sampler.env, sampler.horizon = env, horizon_of(env, horizon)
         sampler.observation_space, sampler.action_space = env.observation_space, env.action_space
@@ -179,7 +182,7 @@ class Sampler:
         if num_tasks not in self._vector_envs:
             num_envs = num_tasks * self.episodes_per_task
             self._vector_envs[num_tasks] = make_vector_env(
-                self.env_id, num_envs, self.env_kwargs, self.horizon, self.workers, self.task_space
+                self.env_id, num_envs, self.env_kwargs, self.horizon, self.workers, self.task_space, self.worker_timeout
             )
         return self._vector_envs[num_tasks]
 

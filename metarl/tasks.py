@@ -123,6 +123,7 @@ def make_vector_env(
     horizon: int | None = None,
     workers: int | None = None,
     task_space: Mapping[str, Any] | None = None,
+    worker_timeout: float | None = None,
 ) -> VectorEnv:
     """``gymnasium.make_vec``: the id's own batched implementation when it registers one, else sync.
 
@@ -131,6 +132,7 @@ def make_vector_env(
     ``workers > 1`` (`metarl.workers.WorkerVectorEnv`, same results as sync).
     `task_space`: copies of `make_env`'s task-space wrapper (never the id's batched implementation),
     in a next-step-autoreset ``SyncVectorEnv``, or in worker processes when ``workers > 1``.
+    `worker_timeout`: seconds a worker process may take to answer before it is an error.
     """
     ensure_registered(env_id)
     if task_space is not None:
@@ -138,7 +140,7 @@ def make_vector_env(
 
         factory = env_factory(env_id, kwargs, horizon, task_space)
         if workers is not None and workers > 1:
-            return WorkerVectorEnv([factory] * num_envs, min(workers, num_envs))
+            return WorkerVectorEnv([factory] * num_envs, min(workers, num_envs), timeout=worker_timeout)
         return SyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
     spec = registry.get(env_id)
     batched = spec is not None and spec.vector_entry_point is not None
@@ -148,7 +150,8 @@ def make_vector_env(
     elif not batched and workers is not None and workers > 1:
         from metarl.workers import WorkerVectorEnv, env_factory
 
-        return WorkerVectorEnv([env_factory(env_id, kwargs, horizon)] * num_envs, min(workers, num_envs))
+        factory = env_factory(env_id, kwargs, horizon)
+        return WorkerVectorEnv([factory] * num_envs, min(workers, num_envs), timeout=worker_timeout)
     return gym.make_vec(env_id, num_envs=num_envs, **dict(kwargs or {}), **extra)
 
 

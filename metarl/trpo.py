@@ -25,6 +25,8 @@ def conjugate_gradient(
     x = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     rr = r @ r
+    if rr < tol:  # b = 0 (e.g. all advantages zero): x = 0, not 0/0
+        return x, b - r
     for _ in range(iters):
         ap = matvec(p)
         alpha = rr / (p @ ap)

@@ -232,3 +232,44 @@ def test_every_experiment_config_loads_and_names_a_registered_family(path):
 
     config = load_config(path)
     ensure_registered(config.env.id)
+
+
+def test_a_config_file_with_several_mistakes_reports_them_all_through_the_cli(tmp_path, capsys):
+    from metarl.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "env:\n  horizon: 0\n  worker_timeout: -1\n"
+        "inner:\n  lr: -0.1\n  episodes_per_tsk: 10\n"
+        "train:\n  device: cuda:7\n  keep_checkpoints: 0\n  on_nonfinite: ignore\n"
+    )
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for problem in (
+        "'env.horizon' must be a positive integer or null, got 0",
+        "'env.worker_timeout' must be positive seconds, or null for no limit, got -1",
+        "'inner.lr' must be non-negative, got -0.1",
+        "unknown key 'inner.episodes_per_tsk' (did you mean 'inner.episodes_per_task'?)",
+        "'train.device' must be a torch device available here",
+        "'train.keep_checkpoints' must be at least 1, got 0",
+        "'train.on_nonfinite' must be 'stop' | 'skip', got 'ignore'",
+    ):
+        assert problem in err, problem
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        (
+            ["train.algo=pretrain", "inner.first_order=true"],
+            "'inner.first_order' has no effect with train.algo=pretrain",
+        ),
+        (["outer.algo=trpo", "outer.max_grad_norm=1.0"], "'outer.max_grad_norm' clips Adam/SGD steps"),
+    ],
+)
+def test_settings_that_contradict_each_other(overrides, problem):
+    with pytest.raises(ConfigError, match=problem):
+        load_config(None, overrides)
+    assert load_config(None, ["outer.algo=adam", "outer.max_grad_norm=1.0"]).outer.max_grad_norm == 1.0

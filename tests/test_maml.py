@@ -190,3 +190,9 @@ def test_conjugate_gradient_solves_and_returns_the_product():
     torch.testing.assert_close(ax, a @ x)  # b - r: the curvature xᵀAx costs no extra product
     x3, ax3 = conjugate_gradient(lambda v: a @ v, b, iters=3)  # truncated, as TRPO uses it
     torch.testing.assert_close(ax3, a @ x3)
+
+
+def test_conjugate_gradient_of_a_zero_gradient_is_a_zero_step():
+    # All advantages zero (e.g. a reward that never varies) give g = 0; the step is 0, not 0/0.
+    x, ax = conjugate_gradient(lambda v: 2 * v, torch.zeros(4), iters=10)
+    assert torch.equal(x, torch.zeros(4)) and torch.equal(ax, torch.zeros(4))

@@ -1,0 +1,233 @@
+"""Training survives interruption: exact resume, signals, kill -9, full disks, kept checkpoints."""
+
+import errno
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from metarl.cli import main
+from metarl.config import load_config
+from metarl.train import resume, train
+
+training = importlib.import_module("metarl.train")  # the module; `metarl.train` is the function
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+SETTINGS = ["train.num_threads=1", "train.checkpoint_every=2"]
+
+
+def _config(logdir: Path, name: str, iterations: int, *extra: str):
+    return load_config(
+        SMOKE, [*SETTINGS, f"train.iterations={iterations}", f"train.logdir={logdir}", f"train.run_name={name}", *extra]
+    )
+
+
+def _lines(run: Path, name: str = "metrics.jsonl") -> list[dict]:
+    return [json.loads(line) for line in (run / name).read_text().splitlines()]
+
+
+def _results(run: Path) -> list[dict]:
+    """Every logged number except wall-clock timings."""
+    return [{k: v for k, v in m.items() if not k.startswith("time/") or k == "time/env_steps"} for m in _lines(run)]
+
+
+def _same_parameters(a: Path, b: Path) -> bool:
+    pa, pb = load_checkpoint(a)["policy"], load_checkpoint(b)["policy"]
+    return pa.keys() == pb.keys() and all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """30 iterations of the smoke config in one go: what every interrupted run must reproduce."""
+    threads = torch.get_num_threads()
+    run = train(_config(tmp_path_factory.mktemp("runs"), "full", 30), progress=False)
+    torch.set_num_threads(threads)
+    return run
+
+
+def test_interrupted_and_resumed_is_bit_identical(uninterrupted, tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    real_step = training.meta_step
+
+    def step_then_interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # during iteration 8: the state after iteration 7 is kept
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(training, "meta_step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tmp_path, "r", 30), progress=False)
+    assert f"resume with: metarl train --resume {tmp_path / 'r'}" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["iteration"] == 7
+    monkeypatch.setattr(training, "meta_step", real_step)
+
+    resume(tmp_path / "r", progress=False)
+    assert _results(tmp_path / "r") == _results(uninterrupted)
+    assert [m["iteration"] for m in _lines(tmp_path / "r", "tasks.jsonl")] == list(range(1, 31))
+    assert _lines(tmp_path / "r", "tasks.jsonl") == _lines(uninterrupted, "tasks.jsonl")
+    assert _same_parameters(tmp_path / "r" / "checkpoints" / "final.pt", uninterrupted / "checkpoints" / "final.pt")
+
+
+def test_a_finished_run_extended_with_more_iterations_equals_a_longer_run(uninterrupted, tmp_path):
+    run = train(_config(tmp_path, "short", 20), progress=False)
+    assert main(["train", "--resume", str(run), "--iterations", "30", "--no-progress"]) == 0
+    assert _results(run) == _results(uninterrupted)
+    assert _same_parameters(run / "checkpoints" / "final.pt", uninterrupted / "checkpoints" / "final.pt")
+
+
+def _start(tmp_path: Path, name: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "metarl", "train", str(SMOKE), "--no-progress", "--iterations", "30"]
+    command += ["--logdir", str(tmp_path), "--run-name", name]
+    for setting in SETTINGS:
+        command += ["--set", setting]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_iterations(process: subprocess.Popen, run: Path, n: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= n:
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+    raise AssertionError(f"no {n} iterations within 120 s")
+
+
+def test_kill_9_loses_at_most_the_iterations_since_the_last_checkpoint(uninterrupted, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    process = _start(tmp_path, "killed")
+    _wait_for_iterations(process, tmp_path / "killed", 5)
+    process.kill()  # SIGKILL: no chance to save anything
+    process.communicate()
+    kept = load_checkpoint(tmp_path / "killed")["iteration"]
+    logged = len((tmp_path / "killed" / "metrics.jsonl").read_text().splitlines())
+    assert kept >= 4 and logged - kept <= 2 + 1  # checkpoint_every=2, plus a line being written
+    assert main(["train", "--resume", str(tmp_path / "killed"), "--no-progress"]) == 0
+    assert _results(tmp_path / "killed") == _results(uninterrupted)  # iterations after `kept` replaced, once
+    final = tmp_path / "killed" / "checkpoints" / "final.pt"
+    assert _same_parameters(final, uninterrupted / "checkpoints" / "final.pt")
+
+
+def test_sigterm_saves_the_last_finished_iteration_and_says_how_to_resume(uninterrupted, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    process = _start(tmp_path, "terminated")
+    _wait_for_iterations(process, tmp_path / "terminated", 3)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert "interrupted during iteration" in err and "Traceback" not in err
+    assert f"resume with: metarl train --resume {tmp_path / 'terminated'}" in err
+    last = load_checkpoint(tmp_path / "terminated" / "checkpoints" / "last.pt")
+    assert last["iteration"] == len(_lines(tmp_path / "terminated"))  # nothing finished was lost
+    assert main(["train", "--resume", str(tmp_path / "terminated"), "--no-progress"]) == 0
+    assert _results(tmp_path / "terminated") == _results(uninterrupted)
+
+
+def test_the_newest_checkpoints_and_the_best_are_kept(uninterrupted):
+    files = sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
+    assert files == ["best.pt", "final.pt", "iter_000026.pt", "iter_000028.pt", "iter_000030.pt"]
+    # best.pt holds the θ whose post-adaptation return was the highest measured: iteration k's
+    # episodes are sampled with θ after iteration k - 1.
+    metrics = _lines(uninterrupted)
+    best = max(metrics, key=lambda m: m["returns/post_adaptation"])
+    checkpoint = load_checkpoint(uninterrupted / "checkpoints" / "best.pt")
+    assert checkpoint["best_return"] == best["returns/post_adaptation"]
+    assert checkpoint["iteration"] == best["iteration"] - 1
+
+
+def _full_disk(after_bytes: int):
+    """A torch.save that writes `after_bytes` bytes and then fails as a full disk does."""
+
+    def save(obj, f, *args, **kwargs):
+        f.write(b"\0" * after_bytes)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return save
+
+
+def test_a_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "final.pt"
+    save_checkpoint(path, {"iteration": 1, "policy": {"w": torch.ones(3)}})
+    monkeypatch.setattr(torch, "save", _full_disk(100))
+    with pytest.raises(CheckpointError, match="the disk is full; the previous version of that file is intact"):
+        save_checkpoint(path, {"iteration": 2, "policy": {"w": torch.zeros(3)}})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["iteration"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["final.pt"]  # no temporary file left behind
+
+
+def test_a_full_disk_during_training_stops_with_a_message_and_keeps_the_checkpoints(tmp_path, monkeypatch, capsys):
+    real_save = torch.save
+    writes = {"n": 0}
+
+    def fails_from_the_fourth(obj, f, *args, **kwargs):
+        writes["n"] += 1
+        if writes["n"] >= 4:
+            return _full_disk(10)(obj, f)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fails_from_the_fourth)
+    args = ["train", str(SMOKE), "--logdir", str(tmp_path), "--run-name", "r", "--no-progress", "--iterations", "8"]
+    assert main([*args, "--set", "train.checkpoint_every=2"]) == 2
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "metarl train --resume" in err and "Traceback" not in err
+    monkeypatch.undo()
+    kept = load_checkpoint(tmp_path / "r")  # the newest checkpoint that was written is intact
+    assert kept["iteration"] >= 2
+    assert not [p for p in (tmp_path / "r" / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--set", "inner.lr=0.3"], "'inner.lr' cannot change when resuming"),
+        (["--seed", "3"], "--seed cannot change when resuming"),
+        ([str(SMOKE)], "not both"),
+    ],
+)
+def test_resume_refuses_changes_to_what_the_run_computes(uninterrupted, capsys, arguments, message):
+    assert main(["train", "--resume", str(uninterrupted), "--iterations", "40", *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_resume_errors_name_the_problem(uninterrupted, tmp_path, capsys):
+    assert main(["train", "--resume", str(uninterrupted)]) == 2
+    assert "already finished 30 of train.iterations=30" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--resume", str(tmp_path / "empty")]) == 2
+    assert "has no checkpoints/" in capsys.readouterr().err
+    assert main(["train"]) == 2
+    assert "give a config file to start a run, or --resume RUN_DIR" in capsys.readouterr().err
+
+
+def test_a_corrupt_newest_checkpoint_is_named(uninterrupted, tmp_path, capsys):
+    run = tmp_path / "copy"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes((uninterrupted / "checkpoints" / "final.pt").read_bytes()[:500])
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt" in err and "corrupt, truncated" in err and "Traceback" not in err
+
+
+def test_resumed_tensorboard_log_purges_what_came_after_the_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = train(_config(tmp_path, "tb", 6), progress=False)
+    os.remove(run / "checkpoints" / "final.pt")  # as if killed after iteration 6, with iter_000006 kept
+    os.remove(run / "checkpoints" / "iter_000006.pt")  # ... and back to the checkpoint of iteration 4
+    resume(run, ["train.iterations=8"], progress=False)
+    steps = [e.step for e in EventAccumulator(str(run)).Reload().Scalars("returns/post_adaptation")]
+    assert steps == list(range(1, 9))
+    assert [m["iteration"] for m in _lines(run)] == list(range(1, 9))
