@@ -2,6 +2,7 @@
 
 import metarl
 run_dir = metarl.train(metarl.load_config("experiments/navigation_2d.yaml"))
+run_dir = metarl.resume(run_dir)           # continue a stopped run exactly where it stopped
 result = metarl.evaluate(run_dir)          # adaptation curve on held-out tasks
 policy = metarl.load(run_dir)              # adapt to a new robot variant, then act
 adapted = policy.adapt(env, episodes=20)
@@ -13,7 +14,7 @@ from metarl.evaluation import EvaluationResult, MetaPolicy, evaluate, load
 from metarl.maml import adapt, meta_step, sample_meta_batch
 from metarl.sampler import Episodes, Sampler
 from metarl.tasks import TaskDistribution, make_env
-from metarl.train import train
+from metarl.train import resume, train
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,7 @@ __all__ = [
     "load_config",
     "make_env",
     "meta_step",
+    "resume",
     "sample_meta_batch",
     "train",
 ]
