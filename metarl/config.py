@@ -89,6 +89,10 @@ class OuterConfig:
     """TRPO: bound on the mean KL between old and new adapted policies."""
     cg_iters: int = 10
     cg_damping: float = 1e-5
+    curvature_stride: int = 1
+    """TRPO: the conjugate-gradient solve's curvature products use every n-th step of each task
+    (OpenAI Baselines' TRPO uses 5); the meta-gradient, the step's KL and the line search always use
+    all steps. 1 is exact, as in the MAML paper."""
     ls_max_steps: int = 15
     ls_backtrack_ratio: float = 0.8
     lr: float = 1e-3
@@ -182,6 +186,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "outer.max_kl": (lambda v: v > 0, "positive"),
     "outer.cg_iters": (lambda v: v >= 1, "at least 1"),
     "outer.cg_damping": (lambda v: v >= 0, "non-negative"),
+    "outer.curvature_stride": (lambda v: v >= 1, "at least 1"),
     "outer.ls_max_steps": (lambda v: v >= 1, "at least 1"),
     "outer.ls_backtrack_ratio": (lambda v: 0 < v < 1, "in (0, 1)"),
     "outer.lr": (lambda v: v > 0, "positive"),

@@ -195,7 +195,7 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     start = time.perf_counter()
     params = list(policy.parameters())
     inner_loss_before = _inner_loss_stats(policy, batch)
-    curvature = adaptation_curvature(policy, batch, inner)
+    curvature = adaptation_curvature(policy, batch, inner, stride=outer.curvature_stride)
     loss, grad = curvature.meta_gradient(policy, batch.outer, batch.tasks)
     check_finite("meta-gradient", [grad])
     old_pi = curvature.old_pi
@@ -257,10 +257,13 @@ class AdaptationCurvature:
     lr: float
     inner_hessians: list[Product]  # v -> ∇²L_j v at θ^(j), one per inner step (none for first-order)
     kl_hessian: Product  # v -> H v in θ'
+    # The same on all steps when the two above use a subsample (`curvature_stride`): for the gradient.
+    exact_inner_hessians: list[Product] | None = None
 
-    def jacobian_product(self, vectors: list[Tensor], transpose: bool = False) -> list[Tensor]:
+    def jacobian_product(self, vectors: list[Tensor], transpose: bool = False, exact: bool = False) -> list[Tensor]:
         """``J v`` (or ``Jᵀ v``) per task, for vectors with a leading task dimension."""
-        for hessian in reversed(self.inner_hessians) if transpose else self.inner_hessians:
+        hessians = self.exact_inner_hessians if exact and self.exact_inner_hessians is not None else self.inner_hessians
+        for hessian in reversed(hessians) if transpose else hessians:
             vectors = [v - self.lr * h for v, h in zip(vectors, hessian(vectors), strict=True)]
         return vectors
 
@@ -273,7 +276,7 @@ class AdaptationCurvature:
             loss = surrogate_loss(policy, adapted, outer)
             grads = torch.autograd.grad(loss, list(adapted.values()))
         check_finite("post-adaptation loss gradient", grads, tasks)
-        return loss.detach(), flat([g.sum(0) for g in self.jacobian_product(list(grads), transpose=True)])
+        return loss.detach(), flat([g.sum(0) for g in self.jacobian_product(list(grads), transpose=True, exact=True)])
 
     def kl_hessian_product(self, damping: float) -> Callable[[Tensor], Tensor]:
         """``v -> (∇²θ KL + damping·I) v`` on flat vectors of θ's size."""
@@ -290,16 +293,45 @@ class AdaptationCurvature:
 
 
 def adaptation_curvature(
-    policy: nn.Module, batch: MetaBatch, inner: InnerConfig, backend: str = "auto"
+    policy: nn.Module, batch: MetaBatch, inner: InnerConfig, backend: str = "auto", stride: int = 1
 ) -> AdaptationCurvature:
     """θ^(j) along the inner steps, θ', and the curvature products at them (see `AdaptationCurvature`):
     R-operator products for metarl's Gaussian MLP, double back-propagation for any other policy
-    (or for any policy with ``backend="autograd"``; the numbers are the same)."""
+    (or for any policy with ``backend="autograd"``; the numbers are the same).
+
+    With ``stride > 1`` the products for the trust region use every stride-th step of each task,
+    an estimate of the same curvature at a fraction of the cost; θ', the old policy and the
+    meta-gradient's Jacobian products still use every step."""
     num_tasks = len(batch.tasks)
     params = [per_task(detach(parameters_of(policy)), num_tasks)]  # θ^(j) before inner step j
     for episodes in batch.inner:
         params.append(detach(adapt(policy, params[-1], [episodes], inner.lr, create_graph=False)))
     adapted = params.pop()
+    if stride == 1:
+        return _curvature_at(policy, batch, inner, backend, adapted, params)
+    inner_batches = tuple(every_nth_step(e, stride) for e in batch.inner)
+    subsample = dataclasses.replace(batch, inner=inner_batches, outer=every_nth_step(batch.outer, stride))
+    estimate = _curvature_at(policy, subsample, inner, backend, adapted, params)
+    exact = _curvature_at(policy, dataclasses.replace(batch, outer=subsample.outer), inner, backend, adapted, params)
+    with torch.no_grad():
+        old_pi = distribution(policy, adapted, batch.outer.observations)
+    return dataclasses.replace(estimate, old_pi=old_pi, exact_inner_hessians=exact.inner_hessians)
+
+
+def every_nth_step(episodes: Episodes, stride: int) -> Episodes:
+    """Every stride-th step of each task's packed row (`pack_steps`): a cheaper curvature sample."""
+    return Episodes(**{f.name: _every(getattr(episodes, f.name), stride) for f in dataclasses.fields(Episodes)})
+
+
+def _every(x: Tensor | None, stride: int) -> Tensor | None:
+    return None if x is None else x[:, :, ::stride]
+
+
+def _curvature_at(
+    policy: nn.Module, batch: MetaBatch, inner: InnerConfig, backend: str, adapted: Params, params: list[Params]
+) -> AdaptationCurvature:
+    """The curvature products on `batch`'s episodes at the given θ^(j) (`params`) and θ' (`adapted`)."""
+    num_tasks = len(batch.tasks)
     outer = batch.outer
     with torch.no_grad():
         old_pi = distribution(policy, adapted, outer.observations)

@@ -8,6 +8,8 @@ from metarl.curvature import GaussianMLPCurvature, autograd_products, supports_f
 from metarl.functional import detach, distribution, parameters_of, per_task
 from metarl.maml import (
     MetaBatch,
+    _curvature_at,
+    adapt,
     adaptation_curvature,
     adapted_fisher_product,
     inner_loss,
@@ -104,3 +106,34 @@ def test_trpo_meta_gradient_through_the_jacobian_equals_autograd(steps, first_or
     value, gradient = adaptation_curvature(policy, batch, inner).meta_gradient(policy, batch.outer)
     torch.testing.assert_close(value, loss.detach())
     torch.testing.assert_close(gradient, expected)
+
+
+@pytest.mark.parametrize("backend", ["auto", "autograd"])
+def test_a_curvature_stride_estimates_the_trust_region_on_every_nth_step_only(backend):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (6, 5), "tanh", init_std=0.7).double()
+    g = torch.Generator().manual_seed(5)
+    raw = [synthetic_episodes(g, horizon=9) for _ in range(3)]
+    batch = MetaBatch([0, 1], tuple(pack_steps(e) for e in raw[:2]), pack_steps(raw[2]), ())
+    inner = InnerConfig(lr=0.5, steps=2)
+    full = adaptation_curvature(policy, batch, inner, backend)
+    strided = adaptation_curvature(policy, batch, inner, backend, stride=3)
+
+    # The meta-gradient, θ' and the old policy (for the line search's KL) still use every step.
+    torch.testing.assert_close(strided.meta_gradient(policy, batch.outer), full.meta_gradient(policy, batch.outer))
+    torch.testing.assert_close(strided.old_pi.mean, full.old_pi.mean)
+    assert all(torch.equal(strided.adapted[k], full.adapted[k]) for k in full.adapted)
+
+    # The products are those of the thinned episodes (every third step of each task), taken at the
+    # θ^(j) and θ' that all steps gave.
+    def every_third(e):
+        return Episodes(**{k: None if v is None else v[:, :, ::3] for k, v in vars(e).items()})
+
+    thinned = MetaBatch(batch.tasks, tuple(every_third(e) for e in batch.inner), every_third(batch.outer), ())
+    theta = per_task(detach(parameters_of(policy)), 2)
+    theta_1 = detach(adapt(policy, theta, [batch.inner[0]], inner.lr, create_graph=False))
+    reference = _curvature_at(policy, thinned, inner, backend, full.adapted, [theta, theta_1])
+    v = torch.randn(sum(p.numel() for p in policy.parameters()), generator=g, dtype=torch.float64)
+    product = strided.kl_hessian_product(1e-3)(v)
+    torch.testing.assert_close(product, reference.kl_hessian_product(1e-3)(v))
+    assert not torch.allclose(product, full.kl_hessian_product(1e-3)(v))  # an estimate, not the full product
