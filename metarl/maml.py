@@ -197,6 +197,7 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     inner_loss_before = _inner_loss_stats(policy, batch)
     curvature = adaptation_curvature(policy, batch, inner, stride=outer.curvature_stride)
     loss, grad = curvature.meta_gradient(policy, batch.outer, batch.tasks)
+    curvature = dataclasses.replace(curvature, exact_inner_hessians=None)  # frees them when separate
     check_finite("meta-gradient", [grad])
     old_pi = curvature.old_pi
     gradient_done = time.perf_counter()
@@ -318,6 +319,18 @@ def adaptation_curvature(
     return dataclasses.replace(estimate, old_pi=old_pi, exact_inner_hessians=exact.inner_hessians)
 
 
+def _lazy(build: Callable[[], Product]) -> Product:
+    """A curvature product whose cached passes are computed when it is first applied."""
+    built: list[Product] = []
+
+    def product(vectors: list[Tensor]) -> list[Tensor]:
+        if not built:
+            built.append(build())
+        return built[0](vectors)
+
+    return product
+
+
 def every_nth_step(episodes: Episodes, stride: int) -> Episodes:
     """Every stride-th step of each task's packed row (`pack_steps`): a cheaper curvature sample."""
     return Episodes(**{f.name: _every(getattr(episodes, f.name), stride) for f in dataclasses.fields(Episodes)})
@@ -337,12 +350,16 @@ def _curvature_at(
         old_pi = distribution(policy, adapted, outer.observations)
     inner_batches = () if inner.first_order else batch.inner
     if backend == "auto" and supports_fast_curvature(policy):
+        # Built on first use, so that only the cached passes in use take memory.
+        def inner_hessian(at: Params, episodes: Episodes) -> Product:
+            return GaussianMLPCurvature(policy, at, episodes.observations).reinforce_hessian_product(episodes)
+
         hessians = [
-            GaussianMLPCurvature(policy, at, episodes.observations).reinforce_hessian_product(episodes)
+            _lazy(lambda at=at, episodes=episodes: inner_hessian(at, episodes))
             for at, episodes in zip(params[: len(inner_batches)], inner_batches, strict=True)
         ]
         weights = outer.mask / outer.mask.sum((-2, -1), keepdim=True).clamp(min=1) / num_tasks
-        kl_hessian = GaussianMLPCurvature(policy, adapted, outer.observations).fisher_product(weights)
+        kl_hessian = _lazy(lambda: GaussianMLPCurvature(policy, adapted, outer.observations).fisher_product(weights))
     else:
         losses = [lambda p, episodes=episodes: inner_loss(policy, p, episodes).sum() for episodes in inner_batches]
 

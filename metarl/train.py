@@ -206,6 +206,7 @@ def train(
                 state.iteration = iteration
                 completed = state.payload(config)
                 checkpoints.iteration_done(completed)
+                del batch, stats  # free this meta-batch's episodes before sampling the next one
                 log_s = time.perf_counter() - log_start
         checkpoints.final(completed)
     except BaseException as error:
