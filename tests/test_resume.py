@@ -231,3 +231,20 @@ def test_resumed_tensorboard_log_purges_what_came_after_the_checkpoint(tmp_path)
     steps = [e.step for e in EventAccumulator(str(run)).Reload().Scalars("returns/post_adaptation")]
     assert steps == list(range(1, 9))
     assert [m["iteration"] for m in _lines(run)] == list(range(1, 9))
+
+
+def test_resume_is_bit_identical_with_batched_mujoco_physics(tmp_path):
+    settings = [
+        "env.id=MetaRL/HalfCheetahVel-v0",
+        "env.horizon=10",
+        "inner.episodes_per_task=3",
+        "outer.tasks_per_batch=3",
+        "policy.hidden_sizes=[16]",
+        "train.num_threads=1",
+        f"train.logdir={tmp_path}",
+    ]
+    full = train(load_config(None, [*settings, "train.run_name=full", "train.iterations=4"]), progress=False)
+    part = train(load_config(None, [*settings, "train.run_name=part", "train.iterations=2"]), progress=False)
+    resume(part, ["train.iterations=4"], progress=False)
+    assert _results(part) == _results(full)
+    assert _same_parameters(part / "checkpoints" / "final.pt", full / "checkpoints" / "final.pt")
