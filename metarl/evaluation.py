@@ -311,7 +311,8 @@ def evaluate(
     ``tasks_file``: a JSON list of tasks (their JSON form) to evaluate on instead of a split, e.g.
     the goals of a published protocol.
     ``baselines``: methods run through the same protocol on the same tasks after the evaluated run:
-    ``random``, a freshly initialised policy of the same architecture, adapted the same way, and
+    ``random``, a freshly initialised policy of the same architecture, adapted the same way
+    (``NAME=random`` for another one, e.g. at its own step size), and
     ``NAME=RUN`` for another run of the same task family, e.g. ``pretrained=runs/nav_pretrain``
     (``metarl train --algo pretrain``), ``oracle=runs/nav_oracle`` (``--algo oracle``: it observes
     the task and is evaluated without adaptation) or ``fomaml=runs/nav_first_order``.
@@ -385,6 +386,10 @@ def evaluate(
             lr = (baseline_lrs or {}).get(name, protocol["lr"])
             # An oracle is evaluated as it is, without adaptation (as in the MAML paper).
             steps = 0 if method.observes_task else protocol["adapt_steps"]
+            # Every method starts from the same random state (common random numbers): its numbers do
+            # not depend on which other methods run, and differences between methods are less noisy.
+            torch.manual_seed(protocol["seed"])
+            sampler_for(method.observes_task).reseed(protocol["seed"])
             curve = adaptation_curve(
                 method.policy,
                 method.params,
@@ -435,7 +440,7 @@ def method_name(config: Config) -> str:
 
 
 def _parse_baselines(baselines: Sequence[str], taken: Mapping[str, Any]) -> dict[str, str | None]:
-    """``random`` and ``NAME=RUN`` entries -> {name: run path, or None for random}."""
+    """``random``, ``NAME=random`` and ``NAME=RUN`` entries -> {name: run path, or None for a random init}."""
     parsed: dict[str, str | None] = {}
     problems = []
     for entry in baselines:
@@ -451,7 +456,7 @@ def _parse_baselines(baselines: Sequence[str], taken: Mapping[str, Any]) -> dict
         elif name in parsed or name in taken:
             problems.append(f"baseline name {name!r} is used twice; give each method its own name")
         else:
-            parsed[name] = run or None
+            parsed[name] = None if run in ("", "random") else run
     if problems:
         raise ConfigError(problems)
     return parsed

@@ -121,7 +121,7 @@ class Sampler:
         self.action_scaling, self.action_bound = action_scaling, action_bound
         self.batch_unit = batch_unit
         self.device = torch.device(device)
-        self.rng = np.random.default_rng([seed, 2])
+        self.reseed(seed)
         self.env = make_env(env_id, self.env_kwargs, horizon, task_space)
         self.horizon = horizon_of(self.env, horizon)
         self.observation_space = self.env.observation_space
@@ -172,11 +172,15 @@ class Sampler:
         sampler.action_scaling, sampler.action_bound = action_scaling, action_bound
         sampler.device, sampler.batch_unit, sampler.workers = torch.device("cpu"), "episodes", 1
         sampler.task_space, sampler.observe_task, sampler.worker_timeout = None, False, None
-        sampler.rng = np.random.default_rng([seed, 2])
+        sampler.reseed(seed)
         sampler.env, sampler.horizon = env, horizon_of(env, horizon)
         sampler.observation_space, sampler.action_space = env.observation_space, env.action_space
         sampler._vector_envs = {1: gym.vector.SyncVectorEnv([lambda: env], autoreset_mode="NextStep")}
         return sampler
+
+    def reseed(self, seed: int) -> None:
+        """Restart the generator that seeds every episode's reset (what `seed` at construction sets)."""
+        self.rng = np.random.default_rng([seed, 2])
 
     def _vector_env(self, num_tasks: int) -> VectorEnv:
         if num_tasks not in self._vector_envs:

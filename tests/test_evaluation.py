@@ -239,3 +239,19 @@ def test_videos_are_skipped_when_the_environment_cannot_render(runs, tmp_path, c
     assert "MetaRL/Navigation2D-v0 cannot render rgb_array frames here (RuntimeError" in skipped["skipped"]
     assert "MUJOCO_GL=egl" in skipped["skipped"]
     assert not list(tmp_path.iterdir())
+
+
+def test_each_method_s_numbers_do_not_depend_on_the_other_methods(runs, tmp_path):
+    one = evaluate(runs["maml"], 3, 2, out_dir=tmp_path / "a", baselines=[f"pretrained={runs['pretrain']}"])
+    many = evaluate(
+        runs["maml"],
+        3,
+        2,
+        out_dir=tmp_path / "b",
+        baselines=["random", f"oracle={runs['oracle']}", f"pretrained={runs['pretrain']}"],
+    )
+    assert many.returns["pretrained"].tolist() == one.returns["pretrained"].tolist()
+    assert many.returns["maml"].tolist() == one.returns["maml"].tolist()
+    # The same run under two names and the same step size: the same numbers (common random numbers).
+    twice = evaluate(runs["maml"], 3, 2, out_dir=tmp_path / "c", baselines=[f"again={runs['maml']}"])
+    assert twice.returns["again"].tolist() == twice.returns["maml"].tolist()
