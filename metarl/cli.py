@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--tasks-file",
-        help="JSON list of tasks to evaluate on instead of a split (e.g. experiments/navigation_2d_paper_goals.json)",
+        help="JSON or YAML list of tasks to evaluate on instead of a split "
+        "(e.g. experiments/navigation_2d_paper_goals.json)",
     )
     evaluate.add_argument(
         "--baselines",

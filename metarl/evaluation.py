@@ -20,6 +20,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from metarl.checkpoint import CheckpointError, load_checkpoint
@@ -489,13 +490,20 @@ def _check_comparable(reference: MetaPolicy, other: MetaPolicy, name: str) -> No
 
 
 def _read_tasks(path: str | Path) -> list[Any]:
-    """A JSON list of tasks in their JSON form (environments accept that form back as a task)."""
+    """A JSON or YAML list of tasks in their JSON form (environments accept that form back as a task)."""
+    path = Path(path)
     try:
-        tasks = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        text = path.read_text()
+        tasks = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (OSError, json.JSONDecodeError, yaml.YAMLError) as error:
         raise ConfigError([f"cannot read tasks from {path}: {error}"]) from None
     if not isinstance(tasks, list) or not tasks:
-        raise ConfigError([f'{path} must hold a non-empty JSON list of tasks, e.g. [{{"goal": [0.1, -0.3]}}]'])
+        raise ConfigError(
+            [
+                f'{path} must hold a non-empty list of tasks, e.g. [{{"goal": [0.1, -0.3]}}] (JSON) '
+                'or "- goal: [0.1, -0.3]" (YAML)'
+            ]
+        )
     return tasks
 
 

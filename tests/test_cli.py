@@ -286,6 +286,12 @@ def test_evaluate_on_tasks_from_a_file(trained_run, tmp_path, capsys):
     assert result["tasks"] == goals
     assert result["protocol"]["tasks_file"] == str(tasks_file)
 
+    yaml_file = tmp_path / "goals.yaml"  # the same tasks in YAML
+    yaml_file.write_text("- goal: [0.4, -0.2]\n- goal: [-0.1, 0.3]\n")
+    yaml_args = ["evaluate", str(trained_run["run"]), "--tasks-file", str(yaml_file), "--adapt-steps", "1"]
+    assert main([*yaml_args, "--out", str(tmp_path / "y")]) == 0
+    assert json.loads((tmp_path / "y" / "eval.json").read_text())["per_task"] == result["per_task"]
+
     tasks_file.write_text("{not json")
     assert main([*args, "--out", str(out_dir)]) == 2
     err = capsys.readouterr().err
