@@ -201,12 +201,22 @@ class EvaluationResult:
             for m, stats in self.summary().items()
         }
         per_task = {m: r.tolist() for m, r in self.returns.items()}
+        # Methods run on the same tasks, so per-task differences compare them more sharply.
+        first, *others = self.returns
+        differences = {
+            f"{first} - {m}": [
+                dict(zip(("mean", "ci95"), mean_ci95(self.returns[first][:, k] - self.returns[m][:, k]), strict=True))
+                for k in range(self.returns[m].shape[1])
+            ]
+            for m in others
+        }
         (out_dir / "eval.json").write_text(
             json.dumps(
                 {
                     "env": self.env_id,
                     "protocol": self.protocol,
                     "summary": summary,
+                    "paired_differences": differences,
                     "per_task": per_task,
                     "tasks": tasks,
                 },

@@ -255,3 +255,13 @@ def test_each_method_s_numbers_do_not_depend_on_the_other_methods(runs, tmp_path
     # The same run under two names and the same step size: the same numbers (common random numbers).
     twice = evaluate(runs["maml"], 3, 2, out_dir=tmp_path / "c", baselines=[f"again={runs['maml']}"])
     assert twice.returns["again"].tolist() == twice.returns["maml"].tolist()
+
+
+def test_eval_json_holds_paired_differences_against_the_evaluated_run(runs, tmp_path):
+    result = evaluate(runs["maml"], 3, 1, out_dir=tmp_path, baselines=["random"])
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    per_task = np.array(saved["per_task"]["maml"]) - np.array(saved["per_task"]["random"])
+    pairs = saved["paired_differences"]["maml - random"]
+    assert [round(p["mean"], 9) for p in pairs] == [round(x, 9) for x in per_task.mean(0)]
+    assert all(p["ci95"] > 0 for p in pairs) and len(pairs) == 2
+    assert result.returns["maml"].shape == (3, 2)
