@@ -102,13 +102,17 @@ class TrainingState:
             }
         )
 
+    def rewind_parameters(self, payload: dict[str, Any]) -> None:
+        """Back to a checkpoint's θ and optimiser state (random states and counters go on)."""
+        self.policy.load_state_dict(payload["policy"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(payload["optimizer"])
+
     def restore(self, payload: dict[str, Any]) -> None:
         """Return to the state of a checkpoint of this run."""
         self.iteration, self.env_steps = payload["iteration"], payload.get("env_steps", 0)
         self.best_return = payload.get("best_return", float("-inf"))
-        self.policy.load_state_dict(payload["policy"])
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(payload["optimizer"])
+        self.rewind_parameters(payload)
         torch.set_rng_state(payload["rng"]["torch"])
         self.splits.set_state(payload["rng"]["tasks"])
         self.sampler.rng.bit_generator.state = payload["rng"]["sampler"]
@@ -172,10 +176,7 @@ def train(
                 except NonFiniteError as error:
                     if config.train.on_nonfinite == "stop":
                         raise NonFiniteError(f"iteration {iteration}: {error}") from None
-                    # skip: back to the last good θ (and optimiser state), on to the next meta-batch
-                    state.policy.load_state_dict(completed["policy"])
-                    if optimizer is not None:
-                        optimizer.load_state_dict(completed["optimizer"])
+                    state.rewind_parameters(completed)  # skip: on from the last good θ
                     state.iteration = iteration
                     logger.skipped(iteration, f"skipped meta-batch of iteration {iteration}: {error}")
                     completed = state.payload(config)
