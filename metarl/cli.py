@@ -25,7 +25,9 @@ Meta-reinforcement learning with MAML for robots: meta-train a policy on a task 
 measure how fast it adapts to tasks it never saw.
 
   metarl train experiments/navigation_2d.yaml --evaluate   # meta-train, then evaluate
+  metarl train --resume runs/<run>                          # continue a stopped run exactly
   metarl evaluate runs/<run>                                # adaptation table on held-out tasks
+  metarl evaluate runs/<run> --baselines random pretrained=runs/<pretrain run>
   metarl envs                                               # the task families and their tasks
   metarl check-env my_package.my_envs:My/Env-v0             # does my environment work as a task family?
 """
