@@ -78,7 +78,7 @@ class CheckpointKeeper:
         if payload["iteration"] % self.every:
             return
         save_checkpoint(self.directory / f"iter_{payload['iteration']:06d}.pt", payload)
-        for old in sorted(self.directory.glob("iter_*.pt"))[: -self.keep]:
+        for old in _numbered_checkpoints(self.directory)[: -self.keep]:
             old.unlink(missing_ok=True)
 
     def best(self, payload: dict[str, Any]) -> None:
@@ -112,8 +112,7 @@ def find_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"'{path}' does not exist; pass a run directory or a checkpoint file")
     directory = path / "checkpoints"
     candidates = [directory / n for n in ("final.pt", "last.pt") if (directory / n).is_file()]
-    numbered = sorted(directory.glob("iter_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
-    candidates += numbered[-1:]
+    candidates += _numbered_checkpoints(directory)[-1:]
     if not candidates:
         raise CheckpointError(
             f"'{path}' has no checkpoints/ with a .pt file; is it a metarl run directory? (a run writes its "
@@ -122,6 +121,11 @@ def find_checkpoint(path: str | Path) -> Path:
     if len(candidates) == 1:
         return candidates[0]
     return max(candidates, key=lambda file: load_checkpoint(file)["iteration"])
+
+
+def _numbered_checkpoints(directory: Path) -> list[Path]:
+    """The ``iter_<N>.pt`` files of a checkpoint directory, oldest first."""
+    return sorted(directory.glob("iter_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem) or 0))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

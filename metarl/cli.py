@@ -16,6 +16,7 @@ from metarl.checkpoint import CheckpointError
 from metarl.config import ConfigError, load_config
 from metarl.sampler import NonFiniteError
 from metarl.tasks import EnvError, ensure_registered, horizon_of, make_env
+from metarl.train import RESUMABLE_OVERRIDES
 from metarl.workers import WorkerError
 
 EXPECTED_ERRORS = (ConfigError, EnvError, CheckpointError, NonFiniteError, WorkerError)
@@ -210,8 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="RUN_DIR",
         help="continue a stopped run from its newest checkpoint, exactly as if it had not stopped (its own "
-        "config; --iterations N extends a finished run; --set may change only train.iterations, "
-        "train.num_threads, train.checkpoint_every, train.keep_checkpoints, env.workers, env.worker_timeout)",
+        f"config; --iterations N extends a finished run; --set may change only {', '.join(RESUMABLE_OVERRIDES)})",
     )
     train.add_argument(
         "--set",

@@ -23,6 +23,17 @@ from metarl.trpo import flat
 from tests.test_maml import kl_hessian_product_by_double_backward, synthetic_episodes
 
 
+def reference_products(policy, params, episodes):
+    """Autograd's inner-loss Hessian and KL Hessian products at `params` on `episodes`."""
+    old_pi = distribution(policy, params, episodes.observations)
+    return autograd_products(
+        [params],
+        [lambda p: inner_loss(policy, p, episodes).sum()],
+        params,
+        lambda p: mean_kl(old_pi, distribution(policy, p, episodes.observations), episodes.mask),
+    )
+
+
 def perturbed_params(policy, tasks, generator):
     """Per-task parameters that differ between tasks (as adapted parameters do)."""
     return {
@@ -38,13 +49,7 @@ def test_inner_hessian_and_fisher_products_match_autograd(activation):
     g = torch.Generator().manual_seed(1)
     episodes = pack_steps(synthetic_episodes(g, tasks=3, obs_dim=3))
     params = perturbed_params(policy, 3, g)
-    old_pi = distribution(policy, params, episodes.observations)
-    [inner_reference], fisher_reference = autograd_products(
-        [params],
-        [lambda p: inner_loss(policy, p, episodes).sum()],
-        params,
-        lambda p: mean_kl(old_pi, distribution(policy, p, episodes.observations), episodes.mask),
-    )
+    [inner_reference], fisher_reference = reference_products(policy, params, episodes)
     curvature = GaussianMLPCurvature(policy, params, episodes.observations)
     weights = episodes.mask / episodes.mask.sum((-2, -1), keepdim=True) / 3
     vectors = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params.values()]
@@ -80,13 +85,7 @@ def test_a_clamped_log_std_has_no_curvature():
     episodes = pack_steps(synthetic_episodes(g))
     params = per_task(detach(parameters_of(policy)), 2)
     params = {**params, "log_std": torch.tensor([[-2.0, 0.1], [0.2, -3.0]], dtype=torch.float64)}  # 2 clamped
-    old_pi = distribution(policy, params, episodes.observations)
-    [reference], _ = autograd_products(
-        [params],
-        [lambda p: inner_loss(policy, p, episodes).sum()],
-        params,
-        lambda p: mean_kl(old_pi, distribution(policy, p, episodes.observations), episodes.mask),
-    )
+    [reference], _ = reference_products(policy, params, episodes)
     vectors = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params.values()]
     fast = GaussianMLPCurvature(policy, params, episodes.observations).reinforce_hessian_product(episodes)
     torch.testing.assert_close(flat(fast(vectors)), flat(reference(vectors)))
