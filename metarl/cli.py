@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="adaptation curve of a trained policy on held-out tasks",
         description="Adapt a trained policy on held-out tasks for K steps and "
-        "report the mean return after 0..K steps with 95%% confidence intervals.",
+        "report the mean return after 0..K steps with 95% confidence intervals.",
     )
     evaluate.add_argument("run", help="run directory or checkpoint file")
     evaluate.add_argument("--tasks", type=int, help="number of held-out tasks (default: config, 40)")

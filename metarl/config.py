@@ -93,6 +93,11 @@ class OuterConfig:
     """TRPO: the conjugate-gradient solve's curvature products use every n-th step of each task
     (OpenAI Baselines' TRPO uses 5); the meta-gradient, the step's KL and the line search always use
     all steps. 1 is exact, as in the MAML paper."""
+    curvature_precision: Literal["full", "bfloat16"] = "full"
+    """TRPO: arithmetic of the conjugate-gradient solve's curvature products. ``bfloat16`` runs their
+    matrix products about 6x faster on CPUs with bfloat16 units (AVX-512 BF16, AMX) at about 3
+    significant digits; the meta-gradient, the step's KL and the line search stay in full precision.
+    ``full`` (the parameters' dtype) is exact, as in the MAML paper."""
     ls_max_steps: int = 15
     ls_backtrack_ratio: float = 0.8
     lr: float = 1e-3
@@ -232,6 +237,11 @@ def _combination_problems(config: Config) -> list[str]:
         problems.append(
             "'outer.max_grad_norm' clips Adam/SGD steps; TRPO bounds its step with outer.max_kl "
             "(set outer.algo=adam, or remove outer.max_grad_norm)"
+        )
+    if config.outer.algo != "trpo" and config.outer.curvature_precision != "full":
+        problems.append(
+            f"'outer.curvature_precision' sets TRPO's curvature products; outer.algo={config.outer.algo} "
+            "takes a gradient step without them (set outer.algo=trpo, or remove outer.curvature_precision)"
         )
     return problems
 

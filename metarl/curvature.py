@@ -11,6 +11,8 @@ new adapted policies. Two implementations give the same numbers:
   forward and one backward sweep of directional derivatives, about half the work of autograd's
   double backward. For the KL at equal old and new policies the Hessian is exactly the Fisher
   matrix ``Jᵀ diag(1/σ², 2) J`` (the terms with second derivatives of the network vanish there).
+  Its products can also run in bfloat16 (`outer.curvature_precision`): 2–3× faster on CPUs with
+  bfloat16 units, at about three significant digits.
 
 Vectors are lists of tensors in the policy's parameter order, each with a leading task dimension.
 """
@@ -58,33 +60,49 @@ class GaussianMLPCurvature:
         policy: the module (its layer structure and activation; its own parameters are not used).
         params: per-task parameters ``[B, ...]``, named as ``policy.named_parameters()``.
         observations: packed observations ``[B, 1, N, obs]``.
+        dtype: arithmetic of the products (default: the parameters'). The forward pass is done in
+            the parameters' dtype, the cached passes are then stored in `dtype`, and each product
+            returns the parameters' dtype; ``torch.bfloat16`` is the trust region's cheap estimate.
     """
 
-    def __init__(self, policy: GaussianMLPPolicy, params: Params, observations: Tensor) -> None:
+    def __init__(
+        self, policy: GaussianMLPPolicy, params: Params, observations: Tensor, dtype: torch.dtype | None = None
+    ) -> None:
         self.names = [name for name, _ in policy.named_parameters()]
         self.num_layers = len(policy.mean.layers)
         self.activation = policy.mean.activation
-        self.weights = [params[f"mean.layers.{i}.weight"].detach() for i in range(self.num_layers)]
+        weights = [params[f"mean.layers.{i}.weight"].detach() for i in range(self.num_layers)]
         biases = [params[f"mean.layers.{i}.bias"].detach() for i in range(self.num_layers)]
         log_std = params["log_std"].detach()
         self.active_log_std = (log_std > policy.min_log_std).to(log_std.dtype)  # the clamp's gradient
         self.var = torch.exp(2 * log_std.clamp(min=policy.min_log_std)).unsqueeze(1)  # [B, 1, act]
 
+        # The products' arithmetic (bfloat16 matmuls accumulate in float32 but round every stored
+        # tensor to an 8-bit mantissa); the forward pass itself runs in the parameters' dtype.
+        self.dtype, self.out_dtype = dtype or observations.dtype, observations.dtype
+        self.weights = [w.to(self.dtype) for w in weights]
+
         # Forward pass: the input of every layer, and φ'(z), φ''(z) of the hidden layers.
         num_tasks = observations.shape[0]
         h = observations.reshape(num_tasks, -1, observations.shape[-1]).detach()
         self.inputs, self.slopes = [], []
-        for i, (weight, bias) in enumerate(zip(self.weights, biases, strict=True)):
-            self.inputs.append(h)
+        for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+            self.inputs.append(h.to(self.dtype))
             z = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
             if i == self.num_layers - 1:
                 self.mean = z
             elif self.activation == "tanh":
                 h = torch.tanh(z)
-                self.slopes.append(1 - h * h)
+                self.slopes.append((1 - h * h).to(self.dtype))
             else:  # relu: piecewise linear, no second derivative
                 h = torch.relu(z)
-                self.slopes.append((z > 0).to(z.dtype))
+                self.slopes.append((z > 0).to(self.dtype))
+
+    def _low(self, vectors: list[Tensor]) -> dict[str, Tensor]:
+        return {name: v.to(self.dtype) for name, v in zip(self.names, vectors, strict=True)}
+
+    def _out(self, out: dict[str, Tensor]) -> list[Tensor]:
+        return [out[name].to(self.out_dtype) for name in self.names]
 
     def _forward_tangent(self, vectors: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """``R{z_l}`` of every layer's pre-activation (the last is R{μ}) and ``R{h_l}`` of every hidden
@@ -118,11 +136,11 @@ class GaussianMLPCurvature:
         `weights`: ``[B, 1, N]`` per-step weights (the mask divided by the averaging counts).
         """
         w = weights.reshape(weights.shape[0], -1, 1)
-        scale = w / self.var  # ∂²KL/∂μ² = 1/σ²
+        scale = (w / self.var).to(self.dtype)  # ∂²KL/∂μ² = 1/σ²
         log_std_curvature = 2 * w.sum(1)  # ∂²KL/∂(log σ)² = 2
 
         def product(vectors: list[Tensor]) -> list[Tensor]:
-            v = dict(zip(self.names, vectors, strict=True))
+            v = self._low(vectors)
             tangents, _ = self._forward_tangent(v)
             delta = scale * tangents[-1]
             deltas = [delta]
@@ -130,8 +148,8 @@ class GaussianMLPCurvature:
                 delta = self.slopes[i - 1] * torch.bmm(delta, self.weights[i])
                 deltas.insert(0, delta)
             out = self._layer_gradients(deltas, [None] * self.num_layers)
-            out["log_std"] = log_std_curvature * v["log_std"] * self.active_log_std
-            return [out[name] for name in self.names]
+            out["log_std"] = log_std_curvature * vectors[self.names.index("log_std")] * self.active_log_std
+            return self._out(out)
 
         return product
 
@@ -147,7 +165,7 @@ class GaussianMLPCurvature:
 
         # Backward pass of ∂L/∂μ, kept per layer: δ_l = ∂L/∂z_l, and for tanh the second-derivative
         # factor φ''(z_l) ⊙ (δ_{l+1} W_{l+1}) with φ'' = -2 tanh(z) φ' (ReLU has none).
-        deltas, bent_backs = [e], []
+        deltas, bent_backs = [e.to(self.dtype)], []
         for i in range(self.num_layers - 1, 0, -1):
             back = torch.bmm(deltas[0], self.weights[i])
             if self.activation == "tanh":
@@ -155,12 +173,13 @@ class GaussianMLPCurvature:
             else:
                 bent_backs.insert(0, None)
             deltas.insert(0, self.slopes[i - 1] * back)
+        mean_curvature = mean_curvature.to(self.dtype)
 
         def product(vectors: list[Tensor]) -> list[Tensor]:
-            v = dict(zip(self.names, vectors, strict=True))
-            v_log_std = (v["log_std"] * self.active_log_std).unsqueeze(1)
+            v = self._low(vectors)
+            v_log_std = (vectors[self.names.index("log_std")] * self.active_log_std).unsqueeze(1)
             tangents, input_tangents = self._forward_tangent(v)
-            r_delta = mean_curvature * tangents[-1] - 2 * e * v_log_std
+            r_delta = mean_curvature * tangents[-1] - (2 * e * v_log_std).to(self.dtype)
             r_deltas, extra = [r_delta], [None] * self.num_layers
             for i in range(self.num_layers - 1, 0, -1):
                 dw = v[f"mean.layers.{i}.weight"]
@@ -172,9 +191,9 @@ class GaussianMLPCurvature:
                 # δ_lᵀ R{h_{l-1}}: the layer input's own directional derivative.
                 extra[i] = torch.bmm(deltas[i].transpose(1, 2), input_tangents[i - 1])
             out = self._layer_gradients(r_deltas, extra)
-            hv_log_std = (-2 * e * tangents[-1]).sum(1) + log_std_curvature * v_log_std.squeeze(1)
+            hv_log_std = (-2 * e * tangents[-1].to(e.dtype)).sum(1) + log_std_curvature * v_log_std.squeeze(1)
             out["log_std"] = hv_log_std * self.active_log_std
-            return [out[name] for name in self.names]
+            return self._out(out)
 
         return product
 

@@ -195,7 +195,9 @@ def trpo_step(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, outer: Ou
     start = time.perf_counter()
     params = list(policy.parameters())
     inner_loss_before = _inner_loss_stats(policy, batch)
-    curvature = adaptation_curvature(policy, batch, inner, stride=outer.curvature_stride)
+    curvature = adaptation_curvature(
+        policy, batch, inner, stride=outer.curvature_stride, precision=outer.curvature_precision
+    )
     loss, grad = curvature.meta_gradient(policy, batch.outer, batch.tasks)
     curvature = dataclasses.replace(curvature, exact_inner_hessians=None)  # frees them when separate
     check_finite("meta-gradient", [grad])
@@ -294,25 +296,39 @@ class AdaptationCurvature:
 
 
 def adaptation_curvature(
-    policy: nn.Module, batch: MetaBatch, inner: InnerConfig, backend: str = "auto", stride: int = 1
+    policy: nn.Module,
+    batch: MetaBatch,
+    inner: InnerConfig,
+    backend: str = "auto",
+    stride: int = 1,
+    precision: str = "full",
 ) -> AdaptationCurvature:
     """θ^(j) along the inner steps, θ', and the curvature products at them (see `AdaptationCurvature`):
     R-operator products for metarl's Gaussian MLP, double back-propagation for any other policy
     (or for any policy with ``backend="autograd"``; the numbers are the same).
 
-    With ``stride > 1`` the products for the trust region use every stride-th step of each task,
-    an estimate of the same curvature at a fraction of the cost; θ', the old policy and the
-    meta-gradient's Jacobian products still use every step."""
+    The trust region's products may be estimates: with ``stride > 1`` they use every stride-th
+    step of each task, with ``precision="bfloat16"`` they multiply in bfloat16 (R-operator
+    products only). θ', the old policy and the meta-gradient's Jacobian products stay exact."""
+    if precision != "full" and not (backend == "auto" and supports_fast_curvature(policy)):
+        raise ValueError(
+            f"outer.curvature_precision={precision!r} needs metarl's Gaussian MLP policy (tanh or ReLU); "
+            f"use outer.curvature_precision=full for {type(policy).__name__}"
+        )
     num_tasks = len(batch.tasks)
     params = [per_task(detach(parameters_of(policy)), num_tasks)]  # θ^(j) before inner step j
     for episodes in batch.inner:
         params.append(detach(adapt(policy, params[-1], [episodes], inner.lr, create_graph=False)))
     adapted = params.pop()
-    if stride == 1:
+    if stride == 1 and precision == "full":
         return _curvature_at(policy, batch, inner, backend, adapted, params)
-    inner_batches = tuple(every_nth_step(e, stride) for e in batch.inner)
-    subsample = dataclasses.replace(batch, inner=inner_batches, outer=every_nth_step(batch.outer, stride))
-    estimate = _curvature_at(policy, subsample, inner, backend, adapted, params)
+    dtype = getattr(torch, precision) if precision != "full" else None
+    if stride > 1:
+        inner_batches = tuple(every_nth_step(e, stride) for e in batch.inner)
+        subsample = dataclasses.replace(batch, inner=inner_batches, outer=every_nth_step(batch.outer, stride))
+    else:
+        subsample = batch
+    estimate = _curvature_at(policy, subsample, inner, backend, adapted, params, dtype)
     exact = _curvature_at(policy, dataclasses.replace(batch, outer=subsample.outer), inner, backend, adapted, params)
     with torch.no_grad():
         old_pi = distribution(policy, adapted, batch.outer.observations)
@@ -341,9 +357,16 @@ def _every(x: Tensor | None, stride: int) -> Tensor | None:
 
 
 def _curvature_at(
-    policy: nn.Module, batch: MetaBatch, inner: InnerConfig, backend: str, adapted: Params, params: list[Params]
+    policy: nn.Module,
+    batch: MetaBatch,
+    inner: InnerConfig,
+    backend: str,
+    adapted: Params,
+    params: list[Params],
+    dtype: torch.dtype | None = None,
 ) -> AdaptationCurvature:
-    """The curvature products on `batch`'s episodes at the given θ^(j) (`params`) and θ' (`adapted`)."""
+    """The curvature products on `batch`'s episodes at the given θ^(j) (`params`) and θ' (`adapted`),
+    multiplied in `dtype` (default: the parameters')."""
     num_tasks = len(batch.tasks)
     outer = batch.outer
     with torch.no_grad():
@@ -352,14 +375,16 @@ def _curvature_at(
     if backend == "auto" and supports_fast_curvature(policy):
         # Built on first use, so that only the cached passes in use take memory.
         def inner_hessian(at: Params, episodes: Episodes) -> Product:
-            return GaussianMLPCurvature(policy, at, episodes.observations).reinforce_hessian_product(episodes)
+            return GaussianMLPCurvature(policy, at, episodes.observations, dtype).reinforce_hessian_product(episodes)
 
         hessians = [
             _lazy(lambda at=at, episodes=episodes: inner_hessian(at, episodes))
             for at, episodes in zip(params[: len(inner_batches)], inner_batches, strict=True)
         ]
         weights = outer.mask / outer.mask.sum((-2, -1), keepdim=True).clamp(min=1) / num_tasks
-        kl_hessian = _lazy(lambda: GaussianMLPCurvature(policy, adapted, outer.observations).fisher_product(weights))
+        kl_hessian = _lazy(
+            lambda: GaussianMLPCurvature(policy, adapted, outer.observations, dtype).fisher_product(weights)
+        )
     else:
         losses = [lambda p, episodes=episodes: inner_loss(policy, p, episodes).sum() for episodes in inner_batches]
 

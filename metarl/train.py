@@ -19,6 +19,7 @@ import torch
 
 from metarl.checkpoint import CheckpointError, CheckpointKeeper, latest_checkpoint
 from metarl.config import Config, ConfigError, config_from_dict
+from metarl.curvature import supports_fast_curvature
 from metarl.functional import parameters_of
 from metarl.logger import RunLogger
 from metarl.maml import MetaBatch, meta_step, sample_meta_batch
@@ -139,9 +140,19 @@ def train(
         episodes_per_task *= config.inner.steps + 1
     # first: a bad environment leaves no run directory behind
     sampler = Sampler.from_config(config, episodes_per_task)
+    policy = make_policy(sampler.observation_space, sampler.action_space, config.policy).to(config.train.device)
+    precision = config.outer.curvature_precision
+    if config.outer.algo == "trpo" and precision != "full" and not supports_fast_curvature(policy):
+        sampler.close()
+        raise ConfigError(
+            [
+                f"'outer.curvature_precision={precision}' needs the Gaussian MLP policy of "
+                f"a continuous action space; {config.env.id} gives a {type(policy).__name__} "
+                "(remove outer.curvature_precision)"
+            ]
+        )
     run_dir = run_dir or make_run_dir(config)
     (run_dir / "config.yaml").write_text(config.to_yaml())
-    policy = make_policy(sampler.observation_space, sampler.action_space, config.policy).to(config.train.device)
     splits = TaskSplits(sampler.env, config.train.seed, config.evaluation.seed, config.evaluation.num_tasks)
     (run_dir / "test_tasks.json").write_text(json.dumps([task_to_json(t) for t in splits.test], indent=1))
     optimizer = None

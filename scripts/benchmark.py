@@ -46,7 +46,12 @@ from metarl.sampler import Sampler
 from metarl.tasks import TaskSplits, make_env
 
 CORES = os.cpu_count() or 1
-BACKENDS = {"auto": "r_operator", "autograd": "autograd"}  # adaptation_curvature backends compared
+# One curvature product of the trust region, computed these ways (`adaptation_curvature` arguments).
+PRODUCTS = {
+    "r_operator": {"backend": "auto"},
+    "autograd": {"backend": "autograd"},
+    "r_operator_bfloat16": {"backend": "auto", "precision": "bfloat16"},
+}
 PHASES = (
     "sample_s",
     "advantages_s",
@@ -97,6 +102,25 @@ def physics_rates(config: Config, copies: int, steps: int = 200) -> dict[str, fl
     return {"physics_1_thread": one_thread, "physics_all_cores": all_cores}
 
 
+def matmul_rates(config: Config, repeats: int = 20) -> dict[str, float]:
+    """GFLOP/s of the matrix product that dominates the curvature products: every task's hidden
+    activations ``[steps per task, hidden]`` times its own ``[hidden, hidden]`` weight, in float32
+    and bfloat16 (fast only where the CPU has bfloat16 units)."""
+    sizes = config.policy.hidden_sizes
+    rows = config.outer.tasks_per_batch, config.inner.episodes_per_task * (config.env.horizon or 100)
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a = torch.randn(*rows, sizes[0], dtype=dtype)
+        b = torch.randn(rows[0], sizes[0], sizes[-1], dtype=dtype)
+        torch.bmm(a, b)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.bmm(a, b)
+        seconds = (time.perf_counter() - start) / repeats
+        rates[f"matmul_gflops_{str(dtype).removeprefix('torch.')}"] = 2 * a.numel() * sizes[-1] / seconds / 1e9
+    return rates
+
+
 def env_step_rate(env_id: str, kwargs: dict[str, Any], steps: int, seed: int = 0) -> float:
     """Env steps/s of one Gymnasium environment with random actions, resets included."""
     env = make_env(env_id, kwargs)
@@ -138,6 +162,7 @@ def sampler_rate(config: Config, workers: int) -> dict[str, float]:
 
 def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, Any]:
     """Run `iterations` meta-iterations exactly as `metarl.train` does; per-phase seconds and peak RSS."""
+    from metarl.curvature import supports_fast_curvature
     from metarl.logger import RunLogger
     from metarl.maml import adaptation_curvature, meta_step, sample_meta_batch
     from metarl.train import iteration_metrics
@@ -176,13 +201,17 @@ def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, A
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the comparison below
     # The curvature product of each CG iteration, both ways on the last batch (interleaved, best of 3).
     v = torch.randn(sum(p.numel() for p in policy.parameters()))
-    products = {b: adaptation_curvature(policy, batch, config.inner, b).kl_hessian_product(1e-5) for b in BACKENDS}
-    seconds: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    ways = PRODUCTS if supports_fast_curvature(policy) else {"autograd": PRODUCTS["autograd"]}
+    products = {
+        name: adaptation_curvature(policy, batch, config.inner, **kwargs).kl_hessian_product(1e-5)
+        for name, kwargs in ways.items()
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in products}
     for _ in range(4):
-        for backend, product in products.items():
+        for name, product in products.items():
             start = time.perf_counter()
             product(v)
-            seconds[backend].append(time.perf_counter() - start)
+            seconds[name].append(time.perf_counter() - start)
     sampler.close()
     kept = records[1:] or records  # the first iteration builds the environments
     medians = {key: statistics.median(r.get(key, 0.0) for r in kept) for key in records[0]}
@@ -191,7 +220,7 @@ def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, A
         "median": medians,
         "per_iteration": records,
         "peak_rss_mib": peak_rss_mib,
-        "curvature_product_s": {BACKENDS[b]: min(t[1:]) for b, t in seconds.items()},
+        "curvature_product_s": {name: min(t[1:]) for name, t in seconds.items()},
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -235,6 +264,7 @@ def main() -> None:
     limits.update(env_step_rates(config, args.env_steps))
     samplers = {f"{w}_workers": sampler_rate(config, w) for w in sorted({1, CORES})}
     iteration = in_child_process(meta_iterations, config.to_dict(), args.iterations)
+    matmuls = matmul_rates(config)
 
     best = max(s["env_steps_per_s"] for s in samplers.values())
     ratios = {f"sampler_over_{name}": best / rate for name, rate in limits.items()}
@@ -251,6 +281,7 @@ def main() -> None:
         "sampler": samplers,
         "ratios": ratios,
         "meta_iteration": iteration,
+        "matmul_gflops": matmuls,
         "phase_shares": shares,
     }
 
@@ -267,9 +298,10 @@ def main() -> None:
     for phase in PHASES:
         print(f"  {phase.removesuffix('_s'):<22} {median.get(phase, 0.0):>8.3f} s  {100 * shares[phase]:5.1f}%")
     products = iteration["curvature_product_s"]
+    print("one curvature product (J^T H J v): " + ", ".join(f"{1e3 * t:.1f} ms {n}" for n, t in products.items()))
     print(
-        f"one curvature product (J^T H J v): {1e3 * products['r_operator']:.1f} ms with the R-operator, "
-        f"{1e3 * products['autograd']:.1f} ms with autograd's double backward"
+        f"matrix products [tasks x steps, hidden] x [hidden, hidden]: {matmuls['matmul_gflops_float32']:.0f} GFLOP/s "
+        f"float32, {matmuls['matmul_gflops_bfloat16']:.0f} GFLOP/s bfloat16"
     )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

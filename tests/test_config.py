@@ -267,9 +267,30 @@ def test_a_config_file_with_several_mistakes_reports_them_all_through_the_cli(tm
             "'inner.first_order' has no effect with train.algo=pretrain",
         ),
         (["outer.algo=trpo", "outer.max_grad_norm=1.0"], "'outer.max_grad_norm' clips Adam/SGD steps"),
+        (
+            ["outer.algo=adam", "outer.curvature_precision=bfloat16"],
+            "'outer.curvature_precision' sets TRPO's curvature products; outer.algo=adam",
+        ),
     ],
 )
 def test_settings_that_contradict_each_other(overrides, problem):
     with pytest.raises(ConfigError, match=problem):
         load_config(None, overrides)
     assert load_config(None, ["outer.algo=adam", "outer.max_grad_norm=1.0"]).outer.max_grad_norm == 1.0
+
+
+def test_bfloat16_curvature_with_a_discrete_policy_is_a_config_error_before_any_run_dir(tmp_path, capsys, monkeypatch):
+    from metarl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "cartpole.yaml"
+    path.write_text(
+        "env:\n  id: CartPole-v1\n  horizon: 20\n  task_space:\n    length:\n      distribution: uniform\n"
+        "      low: 0.3\n      high: 0.7\n      apply: {attribute: length}\n"
+        "outer:\n  curvature_precision: bfloat16\n"
+    )
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "'outer.curvature_precision=bfloat16' needs the Gaussian MLP policy" in err
+    assert "CategoricalMLPPolicy" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

@@ -136,3 +136,49 @@ def test_a_curvature_stride_estimates_the_trust_region_on_every_nth_step_only(ba
     product = strided.kl_hessian_product(1e-3)(v)
     torch.testing.assert_close(product, reference.kl_hessian_product(1e-3)(v))
     assert not torch.allclose(product, full.kl_hessian_product(1e-3)(v))  # an estimate, not the full product
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_bfloat16_products_match_full_precision_to_bfloat16_accuracy(activation):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, (32, 32), activation, init_std=0.8)
+    g = torch.Generator().manual_seed(6)
+    episodes = pack_steps(synthetic_episodes(g, tasks=3, obs_dim=3, horizon=40, dtype=torch.float32))
+    params = perturbed_params(policy, 3, g)
+    weights = episodes.mask / episodes.mask.sum((-2, -1), keepdim=True) / 3
+    vectors = [torch.randn(p.shape, generator=g) for p in params.values()]
+    full = GaussianMLPCurvature(policy, params, episodes.observations)
+    low = GaussianMLPCurvature(policy, params, episodes.observations, torch.bfloat16)
+    for name in ("reinforce_hessian_product", "fisher_product"):
+        arg = episodes if name == "reinforce_hessian_product" else weights
+        exact, estimate = flat(getattr(full, name)(arg)(vectors)), flat(getattr(low, name)(arg)(vectors))
+        assert estimate.dtype == torch.float32
+        error = ((estimate - exact).norm() / exact.norm()).item()
+        assert 1e-5 < error < 2e-2, (name, error)  # bfloat16 arithmetic: 8-bit mantissa, not exact
+
+
+def test_bfloat16_precision_keeps_the_meta_gradient_and_the_adapted_policy_exact():
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (16, 16), "relu", init_std=0.7)
+    g = torch.Generator().manual_seed(7)
+    raw = [synthetic_episodes(g, horizon=20, dtype=torch.float32) for _ in range(2)]
+    batch = MetaBatch([0, 1], (pack_steps(raw[0]),), pack_steps(raw[1]), ())
+    inner = InnerConfig(lr=0.5)
+    full = adaptation_curvature(policy, batch, inner)
+    low = adaptation_curvature(policy, batch, inner, precision="bfloat16")
+    assert all(torch.equal(low.adapted[k], full.adapted[k]) for k in full.adapted)
+    loss, gradient = full.meta_gradient(policy, batch.outer)
+    low_loss, low_gradient = low.meta_gradient(policy, batch.outer)
+    assert torch.equal(low_loss, loss) and torch.equal(low_gradient, gradient)
+    v = torch.randn(gradient.shape, generator=g)
+    exact, estimate = full.kl_hessian_product(1e-5)(v), low.kl_hessian_product(1e-5)(v)
+    assert 1e-5 < ((estimate - exact).norm() / exact.norm()).item() < 2e-2
+
+
+def test_bfloat16_precision_needs_the_gaussian_mlp_products():
+    policy = CategoricalMLPPolicy(2, 3, (6,), "tanh")
+    g = torch.Generator().manual_seed(8)
+    inner_episodes, outer_episodes = (synthetic_episodes(g, dtype=torch.float32) for _ in range(2))
+    batch = MetaBatch([0, 1], (inner_episodes,), outer_episodes, ())
+    with pytest.raises(ValueError, match="curvature_precision='bfloat16' needs metarl's Gaussian MLP"):
+        adaptation_curvature(policy, batch, InnerConfig(lr=0.5), precision="bfloat16")

@@ -1,0 +1,63 @@
+"""The scripts under scripts/ run on the tiny config and write what their docstrings promise."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "experiments" / "smoke.yaml")
+
+
+def run_script(name: str, *args: str) -> str:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_benchmark_measures_limits_sampler_phases_and_products(tmp_path):
+    out = tmp_path / "bench.json"
+    stdout = run_script("benchmark.py", SMOKE, "--iterations", "2", "--env-steps", "300", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert result["env"] == "MetaRL/Navigation2D-v0"
+    assert set(result["limits_env_steps_per_s"]) == {"env_step_1_process", "env_step_all_cores"}
+    assert all(rate > 0 for rate in result["limits_env_steps_per_s"].values())
+    for sample in result["sampler"].values():
+        assert sample["env_steps"] == 3 * 4 * 20  # tasks x episodes x horizon of the smoke config
+    median = result["meta_iteration"]["median"]
+    assert median["env_steps"] == 2 * 3 * 4 * 20  # pre- and post-adaptation batches
+    phases = sum(median[k] for k in ("sample_s", "advantages_s", "adapt_s", "outer_s", "log_s"))
+    assert 0 < phases <= median["iteration_s"] * 1.001
+    assert set(result["meta_iteration"]["curvature_product_s"]) == {"r_operator", "autograd", "r_operator_bfloat16"}
+    assert result["matmul_gflops"]["matmul_gflops_float32"] > 0
+    assert abs(sum(result["phase_shares"].values()) - 1) < 0.05
+    assert "sampler / this" in stdout and "conjugate_gradient" in stdout
+
+
+def test_curvature_estimates_compare_against_the_exact_solve(tmp_path):
+    out = tmp_path / "estimates.json"
+    run_script("curvature_estimates.py", SMOKE, "--iterations", "2", "--at", "1,2", "--out", str(out))
+    iterations = json.loads(out.read_text())["iterations"]
+    assert set(iterations) == {"1", "2"}
+    for rows in iterations.values():
+        assert set(rows) == {"exact", "bfloat16", "stride5", "bfloat16_stride5"}
+        assert abs(rows["exact"]["efficiency"] - 1) < 1e-6 and abs(rows["exact"]["cosine"] - 1) < 1e-5
+        for name in ("bfloat16", "stride5", "bfloat16_stride5"):
+            assert 0 < rows[name]["efficiency"] < 1.2 and 0 < rows[name]["cosine"] < 1.0
+
+
+def test_plot_training_draws_the_curves_of_a_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [
+        {"iteration": i, "returns/pre_adaptation": -40.0 + i, "returns/post_adaptation": -30.0 + 2 * i}
+        for i in range(1, 4)
+    ]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "training.png"
+    run_script("plot_training.py", str(run), "--out", str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
