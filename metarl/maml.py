@@ -323,16 +323,16 @@ def adaptation_curvature(
     if stride == 1 and precision == "full":
         return _curvature_at(policy, batch, inner, backend, adapted, params)
     dtype = getattr(torch, precision) if precision != "full" else None
+    subsample = batch
     if stride > 1:
         inner_batches = tuple(every_nth_step(e, stride) for e in batch.inner)
         subsample = dataclasses.replace(batch, inner=inner_batches, outer=every_nth_step(batch.outer, stride))
-    else:
-        subsample = batch
     estimate = _curvature_at(policy, subsample, inner, backend, adapted, params, dtype)
     exact = _curvature_at(policy, dataclasses.replace(batch, outer=subsample.outer), inner, backend, adapted, params)
-    with torch.no_grad():
-        old_pi = distribution(policy, adapted, batch.outer.observations)
-    return dataclasses.replace(estimate, old_pi=old_pi, exact_inner_hessians=exact.inner_hessians)
+    if stride > 1:  # the old policy on every step, for the line search's KL
+        with torch.no_grad():
+            estimate = dataclasses.replace(estimate, old_pi=distribution(policy, adapted, batch.outer.observations))
+    return dataclasses.replace(estimate, exact_inner_hessians=exact.inner_hessians)
 
 
 def _lazy(build: Callable[[], Product]) -> Product:
