@@ -9,8 +9,10 @@ import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from metarl.checkpoint import CheckpointError
 from metarl.config import ConfigError, load_config
@@ -321,12 +323,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _short_warning(command: str, default: Callable[..., None]) -> Callable[..., None]:
+    """metarl's own warnings as one line, ``metarl train: warning: ...``; others as Python shows them."""
+    package = Path(__file__).resolve().parent
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, *args: Any) -> None:
+        if issubclass(category, UserWarning) and Path(filename).resolve().is_relative_to(package):
+            print(f"metarl {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, *args)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _import_from_working_directory()
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _short_warning(args.command, warnings.showwarning)
+            return args.func(args)
     except EXPECTED_ERRORS as error:
         if args.debug:
             raise

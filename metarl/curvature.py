@@ -201,3 +201,15 @@ class GaussianMLPCurvature:
 def supports_fast_curvature(policy: nn.Module) -> bool:
     """Whether `GaussianMLPCurvature` applies (metarl's Gaussian MLP policy, tanh or ReLU)."""
     return isinstance(policy, GaussianMLPPolicy) and policy.mean.activation in ("tanh", "relu")
+
+
+def has_fast_bfloat16(device: torch.device | str) -> bool:
+    """Whether `device` multiplies bfloat16 matrices in hardware (AVX-512 BF16 or AMX on CPUs,
+    bfloat16 tensor cores on GPUs). Elsewhere bfloat16 is emulated and slower than float32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+    return False

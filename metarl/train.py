@@ -11,6 +11,7 @@ import re
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 
 from metarl.checkpoint import CheckpointError, CheckpointKeeper, latest_checkpoint
 from metarl.config import Config, ConfigError, config_from_dict
-from metarl.curvature import supports_fast_curvature
+from metarl.curvature import has_fast_bfloat16, supports_fast_curvature
 from metarl.functional import parameters_of
 from metarl.logger import RunLogger
 from metarl.maml import MetaBatch, meta_step, sample_meta_batch
@@ -150,6 +151,12 @@ def train(
                 f"a continuous action space; {config.env.id} gives a {type(policy).__name__} "
                 "(remove outer.curvature_precision)"
             ]
+        )
+    if precision == "bfloat16" and not has_fast_bfloat16(config.train.device):
+        warnings.warn(
+            f"outer.curvature_precision=bfloat16: {config.train.device} has no bfloat16 matrix units, so the "
+            "trust region's products will be slower than in float32 (remove outer.curvature_precision)",
+            stacklevel=2,
         )
     run_dir = run_dir or make_run_dir(config)
     (run_dir / "config.yaml").write_text(config.to_yaml())

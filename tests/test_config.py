@@ -301,3 +301,22 @@ def test_bfloat16_curvature_with_a_discrete_policy_is_a_config_error_before_any_
     )
     assert "'outer.curvature_precision=bfloat16' needs the Gaussian MLP policy" in err
     assert "CategoricalMLPPolicy" in err
+
+
+@pytest.mark.filterwarnings("default::UserWarning")  # as outside pytest, where a warning is not an error
+def test_bfloat16_curvature_without_bfloat16_units_warns_in_one_line_and_trains(tmp_path, capsys, monkeypatch):
+    import importlib
+
+    from metarl.cli import main
+    from metarl.curvature import has_fast_bfloat16
+
+    assert has_fast_bfloat16("cpu") in (True, False) and not has_fast_bfloat16("meta")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(importlib.import_module("metarl.train"), "has_fast_bfloat16", lambda device: False)
+    smoke = str(ROOT / "experiments" / "smoke.yaml")
+    args = ["train", smoke, "--set", "outer.curvature_precision=bfloat16", "--iterations", "1", "--no-progress"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "metarl train: warning: outer.curvature_precision=bfloat16: cpu has no bfloat16 matrix units" in err
+    assert "UserWarning" not in err and "warnings.warn" not in err
+    assert len(list((tmp_path / "runs").iterdir())) == 1
