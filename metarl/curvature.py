@@ -84,7 +84,7 @@ class GaussianMLPCurvature:
 
         # Forward pass: the input of every layer, and φ'(z), φ''(z) of the hidden layers.
         num_tasks = observations.shape[0]
-        h = observations.reshape(num_tasks, -1, observations.shape[-1]).detach()
+        h = self._rows(observations.reshape(num_tasks, -1, observations.shape[-1]).detach())
         self.inputs, self.slopes = [], []
         for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
             self.inputs.append(h.to(self.dtype))
@@ -97,6 +97,18 @@ class GaussianMLPCurvature:
             else:  # relu: piecewise linear, no second derivative
                 h = torch.relu(z)
                 self.slopes.append((z > 0).to(self.dtype))
+
+    def _rows(self, x: Tensor) -> Tensor:
+        """``[B, N, k]`` per-step values, zero-padded to a multiple of 64 steps in reduced precision.
+
+        Padded steps carry zero weight, so they add nothing to any product. They keep the
+        matrix shapes the same from one iteration to the next. oneDNN, which runs the bfloat16
+        matmuls, caches a primitive for every new shape, and that cache grew by tens of MiB per
+        iteration when the step count changed every time.
+        """
+        if self.dtype == self.out_dtype:
+            return x
+        return torch.nn.functional.pad(x, (0, 0, 0, -x.shape[1] % 64))
 
     def _low(self, vectors: list[Tensor]) -> dict[str, Tensor]:
         return {name: v.to(self.dtype) for name, v in zip(self.names, vectors, strict=True)}
@@ -135,7 +147,7 @@ class GaussianMLPCurvature:
 
         `weights`: ``[B, 1, N]`` per-step weights (the mask divided by the averaging counts).
         """
-        w = weights.reshape(weights.shape[0], -1, 1)
+        w = self._rows(weights.reshape(weights.shape[0], -1, 1))
         scale = (w / self.var).to(self.dtype)  # ∂²KL/∂μ² = 1/σ²
         log_std_curvature = 2 * w.sum(1)  # ∂²KL/∂(log σ)² = 2
 
@@ -156,9 +168,9 @@ class GaussianMLPCurvature:
     def reinforce_hessian_product(self, episodes: Episodes) -> Product:
         """``v -> ∇²L v`` for the inner loss ``L = Σ_b -mean_n log π(a_n|s_n) Â_n`` of `inner_loss`."""
         num_tasks = self.mean.shape[0]
-        mask = episodes.mask.reshape(num_tasks, -1, 1)
-        c = mask * episodes.advantages.reshape(num_tasks, -1, 1) / mask.sum(1, keepdim=True).clamp(min=1)
-        diff = episodes.actions.reshape(num_tasks, -1, self.mean.shape[-1]) - self.mean
+        mask = self._rows(episodes.mask.reshape(num_tasks, -1, 1))
+        c = mask * self._rows(episodes.advantages.reshape(num_tasks, -1, 1)) / mask.sum(1, keepdim=True).clamp(min=1)
+        diff = self._rows(episodes.actions.reshape(num_tasks, -1, self.mean.shape[-1])) - self.mean
         e = -c * diff / self.var  # ∂L/∂μ
         mean_curvature = c / self.var  # ∂²L/∂μ²; ∂²L/∂μ∂(log σ) = -2e
         log_std_curvature = 2 * (c * diff * diff / self.var).sum(1)  # ∂²L/∂(log σ)²
