@@ -176,9 +176,10 @@ def train(
     )
     completed = state.payload(config)  # the last finished iteration
     log_s = 0.0
+    signals = _StopSignals()
 
     try:
-        with _signals_interrupt():
+        with signals.installed():
             for iteration in range(state.iteration + 1, config.train.iterations + 1):
                 start = time.perf_counter()
                 try:
@@ -194,11 +195,12 @@ def train(
                 except NonFiniteError as error:
                     if config.train.on_nonfinite == "stop":
                         raise NonFiniteError(f"iteration {iteration}: {error}") from None
-                    state.rewind_parameters(completed)  # skip: on from the last good θ
-                    state.iteration = iteration
-                    logger.skipped(iteration, f"skipped meta-batch of iteration {iteration}: {error}")
-                    completed = state.payload(config)
-                    checkpoints.iteration_done(completed)
+                    with signals.deferred():
+                        state.rewind_parameters(completed)  # skip: on from the last good θ
+                        state.iteration = iteration
+                        logger.skipped(iteration, f"skipped meta-batch of iteration {iteration}: {error}")
+                        completed = state.payload(config)
+                        checkpoints.iteration_done(completed)
                     continue
 
                 metrics = iteration_metrics(batch, stats, policy)
@@ -217,14 +219,15 @@ def train(
                     }
                 )
                 log_start = time.perf_counter()
-                logger.log(iteration, metrics, [task_to_json(task) for task in tasks])
-                # This iteration's post-adaptation return measured θ of the iteration before.
-                if metrics["returns/post_adaptation"] > state.best_return:
-                    state.best_return = metrics["returns/post_adaptation"]
-                    checkpoints.best({**completed, "best_return": state.best_return})
-                state.iteration = iteration
-                completed = state.payload(config)
-                checkpoints.iteration_done(completed)
+                with signals.deferred():
+                    logger.log(iteration, metrics, [task_to_json(task) for task in tasks])
+                    # This iteration's post-adaptation return measured θ of the iteration before.
+                    if metrics["returns/post_adaptation"] > state.best_return:
+                        state.best_return = metrics["returns/post_adaptation"]
+                        checkpoints.best({**completed, "best_return": state.best_return})
+                    state.iteration = iteration
+                    completed = state.payload(config)
+                    checkpoints.iteration_done(completed)
                 del batch, stats  # free this meta-batch's episodes before sampling the next one
                 log_s = time.perf_counter() - log_start
         checkpoints.final(completed)
@@ -258,22 +261,44 @@ def _save_on_stop(
     )
 
 
-@contextlib.contextmanager
-def _signals_interrupt() -> Iterator[None]:
-    """Turn SIGTERM (and SIGINT) into `Interrupted`, so that the state is saved before exiting."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _StopSignals:
+    """Turn SIGTERM and SIGINT into `Interrupted`, so that the state is saved before exiting.
 
-    def handler(signum: int, frame: Any) -> None:
+    Within `deferred()` a signal waits until the block has finished: an iteration's log line and
+    the state that goes with it are recorded together or not at all."""
+
+    def __init__(self) -> None:
+        self._deferring = False
+        self._pending: int | None = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self._deferring:
+            self._pending = signum
+            return
         raise Interrupted(signal.Signals(signum).name)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+        previous = {s: signal.signal(s, self._handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._pending is not None:
+            signum, self._pending = self._pending, None
+            raise Interrupted(signal.Signals(signum).name)
 
 
 def resume(run_dir: str | Path, overrides: list[str] = (), progress: bool = True) -> Path:

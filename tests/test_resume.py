@@ -133,6 +133,23 @@ def test_sigterm_saves_the_last_finished_iteration_and_says_how_to_resume(uninte
     assert _results(tmp_path / "terminated") == _results(uninterrupted)
 
 
+def test_a_signal_while_an_iteration_is_recorded_waits_until_its_state_is_saved(tmp_path, monkeypatch):
+    real_log = training.RunLogger.log
+
+    def log_then_signal(self, iteration, *args, **kwargs):
+        real_log(self, iteration, *args, **kwargs)
+        if iteration == 3:  # the line is written; its checkpoint state is not yet
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(training.RunLogger, "log", log_then_signal)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(training.Interrupted):
+        train(_config(tmp_path, "r", 30), progress=False)
+    assert len(_lines(tmp_path / "r")) == 3
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["iteration"] == 3
+    assert signal.getsignal(signal.SIGTERM) == handler  # metarl's handler is gone again
+
+
 def test_the_newest_checkpoints_and_the_best_are_kept(uninterrupted):
     files = sorted(p.name for p in (uninterrupted / "checkpoints").iterdir())
     assert files == ["best.pt", "final.pt", "iter_000026.pt", "iter_000028.pt", "iter_000030.pt"]
