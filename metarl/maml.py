@@ -43,6 +43,18 @@ class MetaBatch:
     outer: Episodes
     returns: tuple[Tensor, ...]  # mean episode return per task [B] after 0, 1, …, len(inner) steps
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    # What sampling computed on the way, which the outer step reuses while θ is unchanged: the flat
+    # θ, the adapted parameters θ^(1), …, θ^(K) = θ' per task, and each inner step's loss per task.
+    sampled_with: Tensor | None = None
+    adapted: tuple[Params, ...] = ()
+    inner_losses: tuple[Tensor, ...] = ()
+
+    def adaptation_at(self, policy: nn.Module) -> list[Params] | None:
+        """θ^(0), θ^(1), …, θ' per task if the batch was sampled with the policy's current θ, else None."""
+        theta = parameters_of(policy)
+        if self.sampled_with is None or not torch.equal(flat(list(theta.values())).detach(), self.sampled_with):
+            return None
+        return [per_task(detach(theta), len(self.tasks)), *self.adapted]
 
 
 def estimate_advantages(episodes: Episodes, config: AdvantageConfig) -> Episodes:
@@ -80,25 +92,30 @@ def inner_loss(policy: nn.Module, params: Params, episodes: Episodes) -> Tensor:
     return -masked_mean(log_probs * episodes.advantages, episodes.mask, dim=(-2, -1))
 
 
-def adapt(
-    policy: nn.Module, params: Params, inner_episodes: Sequence[Episodes], lr: float, *, create_graph: bool
-) -> Params:
-    """Fast adaptation (Alg. 3, lines 6–7): one SGD step on the inner loss per batch of episodes.
+def inner_step(
+    policy: nn.Module, params: Params, episodes: Episodes, lr: float, *, create_graph: bool
+) -> tuple[Params, Tensor]:
+    """One SGD step on the inner loss (Alg. 3, lines 6–7), and that loss per task ``[B]`` at `params`.
 
-    `params` has a leading task dimension; task ``b`` is adapted on slice ``b`` of each batch. With
-    ``create_graph=True`` the result is differentiable in `params` (second-order MAML). The sampler
-    (no graph) and the meta-loss (with graph) both call this function.
+    `params` has a leading task dimension; task ``b`` is adapted on slice ``b`` of `episodes`. With
+    ``create_graph=True`` the result is differentiable in `params` (second-order MAML).
     """
     # Called under no_grad, or with parameters that do not require grad: θ is a constant here.
     constant = not torch.is_grad_enabled()
     with torch.enable_grad():
-        for episodes in inner_episodes:
-            params = {
-                n: p.detach().requires_grad_() if constant or not p.requires_grad else p for n, p in params.items()
-            }
-            # Summing over tasks gives every task's slice of `params` the gradient of its own loss.
-            loss = inner_loss(policy, params, episodes).sum()
-            params = sgd_step(loss, params, lr, create_graph=create_graph)
+        params = {n: p.detach().requires_grad_() if constant or not p.requires_grad else p for n, p in params.items()}
+        losses = inner_loss(policy, params, episodes)
+        # Summing over tasks gives every task's slice of `params` the gradient of its own loss.
+        return sgd_step(losses.sum(), params, lr, create_graph=create_graph), losses.detach()
+
+
+def adapt(
+    policy: nn.Module, params: Params, inner_episodes: Sequence[Episodes], lr: float, *, create_graph: bool
+) -> Params:
+    """Fast adaptation: one `inner_step` per batch of episodes. The sampler (no graph) and the
+    meta-loss (with graph, differentiable in `params`) both adapt with `inner_step`."""
+    for episodes in inner_episodes:
+        params, _ = inner_step(policy, params, episodes, lr, create_graph=create_graph)
     return params
 
 
@@ -117,19 +134,32 @@ def sample_meta_batch(
         timings["advantages_s"] += time.perf_counter() - middle
         return episodes, sampled.mean_returns
 
-    params = per_task(detach(parameters_of(policy)), len(tasks))
-    inner_episodes, returns = [], []
+    theta = detach(parameters_of(policy))
+    params = per_task(theta, len(tasks))
+    inner_episodes, returns, adapted, inner_losses = [], [], [], []
     for _ in range(inner.steps):
         episodes, mean_returns = sample_with(params)
         start = time.perf_counter()
-        params = detach(adapt(policy, params, [episodes], inner.lr, create_graph=False))
+        params, losses = inner_step(policy, params, episodes, inner.lr, create_graph=False)
+        params = detach(params)
         check_finite("adapted parameters after the inner step", params, tasks)
         timings["adapt_s"] += time.perf_counter() - start
         inner_episodes.append(episodes)
         returns.append(mean_returns)
+        adapted.append(params)
+        inner_losses.append(losses)
     outer_episodes, mean_returns = sample_with(params)
     returns.append(mean_returns)
-    return MetaBatch(list(tasks), tuple(inner_episodes), outer_episodes, tuple(returns), timings)
+    return MetaBatch(
+        list(tasks),
+        tuple(inner_episodes),
+        outer_episodes,
+        tuple(returns),
+        timings,
+        sampled_with=flat(list(theta.values())).clone(),
+        adapted=tuple(adapted),
+        inner_losses=tuple(inner_losses),
+    )
 
 
 def adapted_parameters(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, *, create_graph: bool) -> Params:
@@ -138,12 +168,14 @@ def adapted_parameters(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, 
     return adapt(policy, params, batch.inner, inner.lr, create_graph=create_graph)
 
 
-def surrogate_loss(policy: nn.Module, adapted: Params, episodes: Episodes) -> Tensor:
+def surrogate_loss(policy: nn.Module, adapted: Params, episodes: Episodes, pi: Distribution | None = None) -> Tensor:
     """Post-adaptation loss ``-E[π_θ'(a|s) / π_old(a|s) · Â]``, averaged over tasks.
 
-    At the sampling parameters the ratio is 1 and its gradient is the policy gradient.
+    At the sampling parameters the ratio is 1 and its gradient is the policy gradient. `pi`: π_θ'
+    on ``episodes.observations``, if already computed.
     """
-    log_probs = distribution(policy, adapted, episodes.observations).log_prob(episodes.actions)
+    pi = distribution(policy, adapted, episodes.observations) if pi is None else pi
+    log_probs = pi.log_prob(episodes.actions)
     ratio = torch.exp(log_probs - episodes.log_probs)
     return -masked_mean(ratio * episodes.advantages, episodes.mask, dim=(-2, -1)).mean()
 
@@ -181,8 +213,9 @@ def loss_and_kl(policy: nn.Module, batch: MetaBatch, inner: InnerConfig, old_pi:
     """Meta-objective and mean KL from `old_pi` at the policy's current θ (no graph)."""
     adapted = adapted_parameters(policy, batch, inner, create_graph=False)
     with torch.no_grad():
-        loss = surrogate_loss(policy, adapted, batch.outer)
-        kl = mean_kl(old_pi, distribution(policy, adapted, batch.outer.observations), batch.outer.mask)
+        pi = distribution(policy, adapted, batch.outer.observations)
+        loss = surrogate_loss(policy, adapted, batch.outer, pi)
+        kl = mean_kl(old_pi, pi, batch.outer.mask)
     return loss.item(), kl.item()
 
 
@@ -315,10 +348,11 @@ def adaptation_curvature(
             f"outer.curvature_precision={precision!r} needs metarl's Gaussian MLP policy (tanh or ReLU); "
             f"use outer.curvature_precision=full for {type(policy).__name__}"
         )
-    num_tasks = len(batch.tasks)
-    params = [per_task(detach(parameters_of(policy)), num_tasks)]  # θ^(j) before inner step j
-    for episodes in batch.inner:
-        params.append(detach(adapt(policy, params[-1], [episodes], inner.lr, create_graph=False)))
+    params = batch.adaptation_at(policy)  # θ^(j) before inner step j, and θ'
+    if params is None:  # θ moved since sampling: adapt again
+        params = [per_task(detach(parameters_of(policy)), len(batch.tasks))]
+        for episodes in batch.inner:
+            params.append(detach(adapt(policy, params[-1], [episodes], inner.lr, create_graph=False)))
     adapted = params.pop()
     if stride == 1 and precision == "full":
         return _curvature_at(policy, batch, inner, backend, adapted, params)
@@ -433,6 +467,8 @@ def _inner_loss_stats(policy: nn.Module, batch: MetaBatch) -> dict[str, float]:
     """The first inner-step loss at the current θ, averaged over tasks (none without inner steps)."""
     if not batch.inner:
         return {}
+    if batch.inner_losses and batch.adaptation_at(policy) is not None:  # recorded while sampling
+        return {"loss/inner": batch.inner_losses[0].mean().item()}
     with torch.no_grad():
         params = per_task(detach(parameters_of(policy)), len(batch.tasks))
         return {"loss/inner": inner_loss(policy, params, batch.inner[0]).mean().item()}

@@ -10,6 +10,7 @@ from metarl.functional import detach, distribution, parameters_of, per_task
 from metarl.maml import (
     MetaBatch,
     adapt,
+    adaptation_curvature,
     adapted_fisher_product,
     adapted_parameters,
     inner_loss,
@@ -142,6 +143,27 @@ def test_sampler_and_meta_loss_adapt_identically(navigation_batch):
     log_probs = distribution(policy, adapted, batch.outer.observations).log_prob(batch.outer.actions)
     ratio = torch.exp(log_probs - batch.outer.log_probs)
     torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-4, rtol=0)
+
+
+def test_the_outer_step_reuses_the_sampling_adaptation_only_while_theta_is_unchanged(navigation_batch):
+    policy = GaussianMLPPolicy(2, 2, (16, 16), "tanh")
+    policy.load_state_dict(navigation_batch[0].state_dict())
+    batch, inner = navigation_batch[1], InnerConfig(lr=0.5)
+
+    def adapted_again():
+        return detach(adapted_parameters(policy, batch, inner, create_graph=False))
+
+    reused = adaptation_curvature(policy, batch, inner)
+    for name, p in adapted_again().items():  # recorded while sampling: the very same numbers
+        assert torch.equal(reused.adapted[name], p) and torch.equal(batch.adapted[-1][name], p)
+    with torch.no_grad():
+        params = per_task(detach(parameters_of(policy)), len(batch.tasks))
+        assert torch.equal(batch.inner_losses[0], inner_loss(policy, params, batch.inner[0]))
+        policy.log_std.add_(0.1)  # θ moves: the recorded θ' no longer belongs to it
+    assert batch.adaptation_at(policy) is None
+    moved = adaptation_curvature(policy, batch, inner)
+    for name, p in adapted_again().items():
+        assert torch.equal(moved.adapted[name], p) and not torch.equal(batch.adapted[-1][name], p)
 
 
 def test_trpo_step_respects_max_kl_and_improves_the_surrogate(navigation_batch):
