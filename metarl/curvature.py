@@ -4,7 +4,7 @@ The trust region of MAML-TRPO needs, at every conjugate-gradient iteration, Hess
 of the inner REINFORCE loss (through the Jacobian of the adaptation) and of the KL between old and
 new adapted policies. Two implementations give the same numbers:
 
-- `autograd_products` works for any policy: double back-propagation through retained graphs.
+- `autograd_hessian` works for any policy: double back-propagation through a retained graph.
 - `GaussianMLPCurvature` is for metarl's `GaussianMLPPolicy`: Pearlmutter's R-operator written out
   for the MLP. The forward activations, the backward errors and the loss derivatives do not
   change during the conjugate-gradient solve, so they are computed once; each product is then one
@@ -19,7 +19,7 @@ Vectors are lists of tensors in the policy's parameter order, each with a leadin
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -31,26 +31,17 @@ from metarl.sampler import Episodes
 Product = Callable[[list[Tensor]], list[Tensor]]
 
 
-def autograd_products(
-    params: Sequence[Params],
-    inner_losses: Sequence[Callable[[Params], Tensor]],
-    adapted: Params,
-    kl: Callable[[Params], Tensor],
-) -> tuple[list[Product], Product]:
-    """Products by double back-propagation: one per inner step (loss j at ``params[j]``), and the KL's
-    at `adapted`. Losses are scalars summed over tasks."""
+def autograd_hessian(loss: Callable[[Params], Tensor], at: Params) -> Product:
+    """``v -> ∇²loss(at) v`` by double back-propagation through a retained graph (any policy).
+    `loss` is a scalar, summed over tasks."""
+    leaves = {name: p.detach().requires_grad_() for name, p in at.items()}
+    with torch.enable_grad():
+        grads = torch.autograd.grad(loss(leaves), list(leaves.values()), create_graph=True)
 
-    def hessian(loss: Callable[[Params], Tensor], at: Params) -> Product:
-        leaves = {name: p.detach().requires_grad_() for name, p in at.items()}
-        with torch.enable_grad():
-            grads = torch.autograd.grad(loss(leaves), list(leaves.values()), create_graph=True)
+    def product(vectors: list[Tensor]) -> list[Tensor]:
+        return list(torch.autograd.grad(grads, list(leaves.values()), grad_outputs=vectors, retain_graph=True))
 
-        def product(vectors: list[Tensor]) -> list[Tensor]:
-            return list(torch.autograd.grad(grads, list(leaves.values()), grad_outputs=vectors, retain_graph=True))
-
-        return product
-
-    return [hessian(loss, at) for loss, at in zip(inner_losses, params, strict=True)], hessian(kl, adapted)
+    return product
 
 
 class GaussianMLPCurvature:

@@ -26,7 +26,7 @@ from torch.distributions import Distribution, kl_divergence
 
 from metarl.baselines import fit_linear_baseline
 from metarl.config import AdvantageConfig, InnerConfig, OuterConfig
-from metarl.curvature import GaussianMLPCurvature, Product, autograd_products, supports_fast_curvature
+from metarl.curvature import GaussianMLPCurvature, Product, autograd_hessian, supports_fast_curvature
 from metarl.functional import Params, detach, distribution, parameters_of, per_task, sgd_step
 from metarl.returns import discounted_returns, generalized_advantages, masked_mean, normalize
 from metarl.sampler import Episodes, NonFiniteError, Sampler, pack_steps
@@ -293,7 +293,8 @@ class AdaptationCurvature:
     lr: float
     inner_hessians: list[Product]  # v -> ∇²L_j v at θ^(j), one per inner step (none for first-order)
     kl_hessian: Product  # v -> H v in θ'
-    # The same on all steps when the two above use a subsample (`curvature_stride`): for the gradient.
+    # Exact inner-loss products (all steps, full precision) when the two above are estimates: for
+    # the meta-gradient.
     exact_inner_hessians: list[Product] | None = None
 
     def jacobian_product(self, vectors: list[Tensor], transpose: bool = False, exact: bool = False) -> list[Tensor]:
@@ -354,23 +355,28 @@ def adaptation_curvature(
         for episodes in batch.inner:
             params.append(detach(adapt(policy, params[-1], [episodes], inner.lr, create_graph=False)))
     adapted = params.pop()
-    if stride == 1 and precision == "full":
-        return _curvature_at(policy, batch, inner, backend, adapted, params)
+    with torch.no_grad():
+        old_pi = distribution(policy, adapted, batch.outer.observations)
     dtype = getattr(torch, precision) if precision != "full" else None
-    subsample = batch
+    inner_batches = () if inner.first_order else batch.inner
+    sample, sample_outer = inner_batches, batch.outer  # the trust region's episodes
     if stride > 1:
-        inner_batches = tuple(every_nth_step(e, stride) for e in batch.inner)
-        subsample = dataclasses.replace(batch, inner=inner_batches, outer=every_nth_step(batch.outer, stride))
-    estimate = _curvature_at(policy, subsample, inner, backend, adapted, params, dtype)
-    exact = _curvature_at(policy, dataclasses.replace(batch, outer=subsample.outer), inner, backend, adapted, params)
-    if stride > 1:  # the old policy on every step, for the line search's KL
-        with torch.no_grad():
-            estimate = dataclasses.replace(estimate, old_pi=distribution(policy, adapted, batch.outer.observations))
-    return dataclasses.replace(estimate, exact_inner_hessians=exact.inner_hessians)
+        sample = tuple(every_nth_step(e, stride) for e in inner_batches)
+        sample_outer = every_nth_step(batch.outer, stride)
+    estimated = stride > 1 or precision != "full"
+    return AdaptationCurvature(
+        adapted,
+        old_pi,
+        inner.lr,
+        inner_hessians=_inner_hessians(policy, params, sample, backend, dtype),
+        kl_hessian=_kl_hessian(policy, adapted, sample_outer, backend, dtype, None if stride > 1 else old_pi),
+        exact_inner_hessians=_inner_hessians(policy, params, inner_batches, backend) if estimated else None,
+    )
 
 
 def _lazy(build: Callable[[], Product]) -> Product:
-    """A curvature product whose cached passes are computed when it is first applied."""
+    """A curvature product whose cached passes are computed when it is first applied, so that only
+    the cached passes in use take memory."""
     built: list[Product] = []
 
     def product(vectors: list[Tensor]) -> list[Tensor]:
@@ -390,43 +396,42 @@ def _every(x: Tensor | None, stride: int) -> Tensor | None:
     return None if x is None else x[:, :, ::stride]
 
 
-def _curvature_at(
+def _inner_hessians(
     policy: nn.Module,
-    batch: MetaBatch,
-    inner: InnerConfig,
-    backend: str,
-    adapted: Params,
     params: list[Params],
+    inner_batches: Sequence[Episodes],
+    backend: str,
     dtype: torch.dtype | None = None,
-) -> AdaptationCurvature:
-    """The curvature products on `batch`'s episodes at the given θ^(j) (`params`) and θ' (`adapted`),
-    multiplied in `dtype` (default: the parameters')."""
-    num_tasks = len(batch.tasks)
-    outer = batch.outer
-    with torch.no_grad():
-        old_pi = distribution(policy, adapted, outer.observations)
-    inner_batches = () if inner.first_order else batch.inner
+) -> list[Product]:
+    """``v -> ∇²L_j v`` of inner step j's loss on its episodes at θ^(j) (`params[j]`), multiplied in
+    `dtype` (default: the parameters')."""
+    steps = list(zip(params[: len(inner_batches)], inner_batches, strict=True))
     if backend == "auto" and supports_fast_curvature(policy):
-        # Built on first use, so that only the cached passes in use take memory.
-        def inner_hessian(at: Params, episodes: Episodes) -> Product:
+
+        def hessian(at: Params, episodes: Episodes) -> Product:
             return GaussianMLPCurvature(policy, at, episodes.observations, dtype).reinforce_hessian_product(episodes)
 
-        hessians = [
-            _lazy(lambda at=at, episodes=episodes: inner_hessian(at, episodes))
-            for at, episodes in zip(params[: len(inner_batches)], inner_batches, strict=True)
-        ]
-        weights = outer.mask / outer.mask.sum((-2, -1), keepdim=True).clamp(min=1) / num_tasks
-        kl_hessian = _lazy(
-            lambda: GaussianMLPCurvature(policy, adapted, outer.observations, dtype).fisher_product(weights)
-        )
-    else:
-        losses = [lambda p, episodes=episodes: inner_loss(policy, p, episodes).sum() for episodes in inner_batches]
+        return [_lazy(lambda at=at, e=e: hessian(at, e)) for at, e in steps]
+    return [autograd_hessian(lambda p, e=e: inner_loss(policy, p, e).sum(), at) for at, e in steps]
 
-        def kl(p: Params) -> Tensor:
-            return mean_kl(old_pi, distribution(policy, p, outer.observations), outer.mask)
 
-        hessians, kl_hessian = autograd_products(params[: len(losses)], losses, adapted, kl)
-    return AdaptationCurvature(adapted, old_pi, inner.lr, hessians, kl_hessian)
+def _kl_hessian(
+    policy: nn.Module,
+    adapted: Params,
+    outer: Episodes,
+    backend: str,
+    dtype: torch.dtype | None = None,
+    old_pi: Distribution | None = None,
+) -> Product:
+    """``v -> H v`` of the mean KL on `outer`'s episodes at θ' (`adapted`), where it is the Fisher
+    matrix. `old_pi`: π_θ' on ``outer.observations``, if already computed."""
+    if backend == "auto" and supports_fast_curvature(policy):
+        weights = outer.mask / outer.mask.sum((-2, -1), keepdim=True).clamp(min=1) / outer.mask.shape[0]
+        return _lazy(lambda: GaussianMLPCurvature(policy, adapted, outer.observations, dtype).fisher_product(weights))
+    if old_pi is None:
+        with torch.no_grad():
+            old_pi = distribution(policy, adapted, outer.observations)
+    return autograd_hessian(lambda p: mean_kl(old_pi, distribution(policy, p, outer.observations), outer.mask), adapted)
 
 
 def adapted_fisher_product(

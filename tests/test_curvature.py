@@ -4,11 +4,13 @@ import pytest
 import torch
 
 from metarl.config import InnerConfig
-from metarl.curvature import GaussianMLPCurvature, autograd_products, supports_fast_curvature
+from metarl.curvature import GaussianMLPCurvature, autograd_hessian, supports_fast_curvature
 from metarl.functional import detach, distribution, parameters_of, per_task
 from metarl.maml import (
+    AdaptationCurvature,
     MetaBatch,
-    _curvature_at,
+    _inner_hessians,
+    _kl_hessian,
     adapt,
     adaptation_curvature,
     adapted_fisher_product,
@@ -26,12 +28,11 @@ from tests.test_maml import kl_hessian_product_by_double_backward, synthetic_epi
 def reference_products(policy, params, episodes):
     """Autograd's inner-loss Hessian and KL Hessian products at `params` on `episodes`."""
     old_pi = distribution(policy, params, episodes.observations)
-    return autograd_products(
-        [params],
-        [lambda p: inner_loss(policy, p, episodes).sum()],
-        params,
-        lambda p: mean_kl(old_pi, distribution(policy, p, episodes.observations), episodes.mask),
-    )
+
+    def kl(p):
+        return mean_kl(old_pi, distribution(policy, p, episodes.observations), episodes.mask)
+
+    return [autograd_hessian(lambda p: inner_loss(policy, p, episodes).sum(), params)], autograd_hessian(kl, params)
 
 
 def perturbed_params(policy, tasks, generator):
@@ -131,7 +132,13 @@ def test_a_curvature_stride_estimates_the_trust_region_on_every_nth_step_only(ba
     thinned = MetaBatch(batch.tasks, tuple(every_third(e) for e in batch.inner), every_third(batch.outer), ())
     theta = per_task(detach(parameters_of(policy)), 2)
     theta_1 = detach(adapt(policy, theta, [batch.inner[0]], inner.lr, create_graph=False))
-    reference = _curvature_at(policy, thinned, inner, backend, full.adapted, [theta, theta_1])
+    reference = AdaptationCurvature(
+        full.adapted,
+        full.old_pi,
+        inner.lr,
+        _inner_hessians(policy, [theta, theta_1], thinned.inner, backend),
+        _kl_hessian(policy, full.adapted, thinned.outer, backend),
+    )
     v = torch.randn(sum(p.numel() for p in policy.parameters()), generator=g, dtype=torch.float64)
     product = strided.kl_hessian_product(1e-3)(v)
     torch.testing.assert_close(product, reference.kl_hessian_product(1e-3)(v))
