@@ -240,7 +240,8 @@ class _Checker:
                 "use a registered Gymnasium id, 'module:Id' (the module registers Id when imported) or "
                 "'package.module:EnvClass'; `metarl envs` lists the MetaRL/ families"
             )
-            reason = str(error) if isinstance(error, EnvError) else _describe(error)
+            cause = error.__cause__ if isinstance(error, EnvError) else error  # the environment's own error
+            reason = str(error) if cause is None else _describe(cause)
             return CheckResult("creatable", "fail", f"cannot build '{self.env_id}': {reason}", fix)
         env = self.env
         self.env.action_space.seed(self.seed)

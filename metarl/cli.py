@@ -1,4 +1,8 @@
-"""The ``metarl`` command: ``train``, ``evaluate``, ``envs`` and ``check-env``."""
+"""The ``metarl`` command: ``train``, ``evaluate``, ``envs`` and ``check-env``.
+
+Only the standard library is imported at the top: torch and the rest load inside `main`, so that
+Ctrl-C during start-up is an interruption like any other, not a traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,15 @@ import inspect
 import json
 import os
 import re
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from metarl.checkpoint import CheckpointError
-from metarl.config import ConfigError, load_config
-from metarl.sampler import NonFiniteError
-from metarl.tasks import EnvError, ensure_registered, horizon_of, make_env
-from metarl.train import RESUMABLE_OVERRIDES
-from metarl.workers import WorkerError
-
-EXPECTED_ERRORS = (ConfigError, EnvError, CheckpointError, NonFiniteError, WorkerError)
+from metarl.config import RESUMABLE_OVERRIDES
+from metarl.errors import ConfigError, MetarlError
 
 DESCRIPTION = """\
 Meta-reinforcement learning with MAML for robots: meta-train a policy on a task family, then
@@ -37,21 +36,25 @@ measure how fast it adapts to tasks it never saw.
 
 
 def _train(args: argparse.Namespace) -> int:
-    from metarl.evaluation import evaluate
-    from metarl.train import resume, train
+    from metarl.config import load_config
+    from metarl.tasks import ensure_registered
+    from metarl.training import resume, train
 
     if (args.config is None) == (args.resume is None):
         raise ConfigError(["give a config file to start a run, or --resume RUN_DIR to continue one (not both)"])
+    trusted = list(args.trust_module or [])
     if args.resume is not None:
         overrides = list(args.set or [])
         if args.iterations is not None:
             overrides.append(f"train.iterations={args.iterations}")
         ignored = [name for name in ("seed", "logdir", "run_name", "algo") if getattr(args, name) is not None]
+        if args.overwrite:
+            ignored.append("overwrite")
         if ignored:
             raise ConfigError([f"--{', --'.join(n.replace('_', '-') for n in ignored)} cannot change when resuming"])
-        run_dir = resume(args.resume, overrides, progress=not args.no_progress)
+        run_dir = resume(args.resume, overrides, progress=not args.no_progress, trust_modules=trusted)
         config = load_config(run_dir / "config.yaml")
-        return _after_training(args, run_dir, config, evaluate)
+        return _after_training(args, run_dir, config, trusted)
 
     overrides = list(args.set or [])
     if args.seed is not None:
@@ -66,19 +69,28 @@ def _train(args: argparse.Namespace) -> int:
         overrides.append(f"train.algo={args.algo}")
     config = load_config(args.config, overrides)
     ensure_registered(config.env.id)
-    run_dir = train(config, progress=not args.no_progress)
-    return _after_training(args, run_dir, config, evaluate)
+    run_dir = train(config, progress=not args.no_progress, overwrite=args.overwrite)
+    # The user named this environment in their own config: evaluating it may import its module.
+    return _after_training(args, run_dir, config, [*trusted, config.env.id])
 
 
-def _after_training(args: argparse.Namespace, run_dir: Path, config, evaluate) -> int:
+def _after_training(args: argparse.Namespace, run_dir: Path, config: Any, trusted: list[str]) -> int:
+    from metarl.evaluation import evaluate
+
     print(f"\nrun directory: {run_dir}")
-    print(f"TensorBoard:   tensorboard --logdir {run_dir.parent}")
+    print(f"TensorBoard:   tensorboard --logdir {shlex.quote(str(run_dir.parent))}")
     if args.evaluate:
         print(f"\nevaluating on {config.evaluation.num_tasks} held-out tasks ...")
-        _print_result(evaluate(run_dir))
+        _print_result(evaluate(run_dir, trust_modules=trusted))
     else:
-        print(f"evaluate with: metarl evaluate {run_dir}")
+        trust = "".join(f" --trust-module {shlex.quote(m)}" for m in _modules_to_trust(config.env.id))
+        print(f"evaluate with: metarl evaluate {shlex.quote(str(run_dir))}{trust}")
     return 0
+
+
+def _modules_to_trust(env_id: str) -> list[str]:
+    """The module a later ``metarl evaluate`` of a run must be told to trust (none for a registered id)."""
+    return [env_id.split(":", 1)[0]] if ":" in env_id else []
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -97,6 +109,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.baselines,
         _baseline_lrs(args.baseline_lr or []),
         args.video,
+        trust_modules=list(args.trust_module or []),
     )
     _print_result(result)
     return 0
@@ -138,6 +151,8 @@ def _task_distribution_doc(cls: type) -> str:
 def _envs(args: argparse.Namespace) -> int:
     from gymnasium.envs.registration import registry
 
+    from metarl.tasks import ensure_registered, horizon_of, make_env
+
     ensure_registered("MetaRL/Navigation2D-v0")
     for env_id in sorted(i for i in registry if i.startswith("MetaRL/")):
         env = make_env(env_id)
@@ -152,6 +167,8 @@ def _envs(args: argparse.Namespace) -> int:
 
 def _check_env(args: argparse.Namespace) -> int:
     from metarl.check import check_task_distribution, format_report
+    from metarl.config import load_config
+    from metarl.tasks import make_env
 
     if args.env is None and args.config is None:
         print("metarl check-env: error: give an environment id or --config FILE", file=sys.stderr)
@@ -233,6 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(multi-task policy gradient); oracle, a policy that also observes the task. Shorthand for "
         "--set train.algo=...",
     )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="if the run directory (--run-name) exists, delete it and start again (default: refuse, and say how "
+        "to resume it)",
+    )
+    train.add_argument(
+        "--trust-module",
+        action="append",
+        metavar="MODULE",
+        help="with --resume: let the run's env.id import MODULE (for env ids of the form 'module:Name'). A run "
+        "directory is data and may come from elsewhere, so metarl imports no module it names unless told to; "
+        "registered Gymnasium ids need nothing (repeatable)",
+    )
     train.add_argument("--evaluate", action="store_true", help="evaluate on the held-out tasks after training")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(func=_train)
@@ -292,6 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and an environment that renders rgb_array frames; skipped with a message otherwise)",
     )
     evaluate.add_argument("--out", help="output directory (default: <run>/eval, or <run>/eval_ood)")
+    evaluate.add_argument(
+        "--trust-module",
+        action="append",
+        metavar="MODULE",
+        help="let a checkpoint's env.id import MODULE (for env ids of the form 'module:Name', e.g. "
+        "experiments.custom_env_example). A checkpoint is data and may come from elsewhere, so metarl imports no "
+        "module it names unless told to; registered Gymnasium ids need nothing (repeatable)",
+    )
     evaluate.set_defaults(func=_evaluate)
 
     envs = commands.add_parser("envs", parents=[common], help="list the task families and their task distributions")
@@ -344,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _short_warning(args.command, warnings.showwarning)
             return args.func(args)
-    except EXPECTED_ERRORS as error:
+    except MetarlError as error:
         if args.debug:
             raise
         print(f"metarl {args.command}: error: {error}", file=sys.stderr)

@@ -18,13 +18,18 @@ from typing import Any, Literal
 
 import yaml
 
+from metarl.errors import ConfigError
+from metarl.rundir import run_name_problem
 
-class ConfigError(ValueError):
-    """One or more problems in a configuration; the message lists every one of them."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+# What `metarl train --resume` may change: how the run is executed, never what it computes.
+RESUMABLE_OVERRIDES = (
+    "train.iterations",
+    "train.num_threads",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "env.workers",
+    "env.worker_timeout",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,7 +182,7 @@ class Config:
 
 
 # Range checks: key -> (predicate, what the value must be).
-_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+_CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | None]] = {
     "env.horizon": (lambda v: v is None or v > 0, "a positive integer or null"),
     "env.workers": (lambda v: v is None or v >= 1, "at least 1, or null for the default"),
     "env.worker_timeout": (lambda v: v is None or v > 0, "positive seconds, or null for no limit"),
@@ -202,13 +207,36 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.num_threads": (lambda v: v is None or v >= 1, "at least 1 or null"),
     "train.checkpoint_every": (lambda v: v >= 1, "at least 1"),
     "train.keep_checkpoints": (lambda v: v >= 1, "at least 1"),
-    "train.device": (lambda v: _valid_device(v), "a torch device available here: 'cpu', 'cuda', 'cuda:0', 'mps'"),
+    "train.device": (lambda v: _valid_device(v), None),
+    "train.run_name": (
+        lambda v: v is None or run_name_problem(v) is None,
+        "a plain directory name (not empty, no '/', '\\', '.' or '..'): a run stays inside train.logdir",
+    ),
     "evaluation.num_tasks": (lambda v: v >= 1, "at least 1"),
     "evaluation.adapt_steps": (lambda v: v >= 0, "non-negative"),
     "evaluation.episodes_per_task": (lambda v: v >= 1, "at least 1"),
     "evaluation.lr": (lambda v: v is None or v >= 0, "non-negative or null"),
     "evaluation.later_lr_scale": (lambda v: v >= 0, "non-negative"),
 }
+
+
+def _requirement(path: str) -> str:
+    """What a key must be, where that depends on this machine."""
+    if path == "train.device":
+        return f"a torch device available here ({', '.join(repr(d) for d in available_devices())})"
+    raise KeyError(path)
+
+
+def available_devices() -> list[str]:
+    """The torch devices this machine has: 'cpu', and 'cuda', 'cuda:N' or 'mps' where present."""
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
 
 
 def _valid_device(name: str) -> bool:
@@ -312,7 +340,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str, problems: list[str])
             continue
         check = _CHECKS.get(path)
         if check is not None and not check[0](converted):
-            problems.append(f"'{path}' must be {check[1]}, got {value!r}")
+            problems.append(f"'{path}' must be {check[1] or _requirement(path)}, got {value!r}")
             continue
         values[key] = converted
     return cls(**values)
@@ -375,10 +403,23 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
     data: Any = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(
+                [f"'{path}' is a directory; give a YAML config file, e.g. experiments/navigation_2d.yaml"]
+            )
         if not path.is_file():
             raise ConfigError([f"config file '{path}' does not exist"])
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError([f"cannot read config file '{path}': {error}"]) from None
         except yaml.YAMLError as error:
-            raise ConfigError([f"'{path}' is not valid YAML: {error}"]) from None
+            raise ConfigError([f"'{path}' is not valid YAML: {' '.join(str(error).split())}"]) from None
+        if not data:
+            raise ConfigError(
+                [
+                    f"config file '{path}' is empty: it would run the 500-iteration defaults on 2D navigation; "
+                    "set at least env.id (start from a file in experiments/, e.g. experiments/navigation_2d.yaml)"
+                ]
+            )
     return config_from_dict(data, overrides)

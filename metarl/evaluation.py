@@ -12,40 +12,34 @@ import csv
 import dataclasses
 import json
 import math
-import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import scipy.stats
 import torch
 import yaml
 from torch import nn
 
-from metarl.checkpoint import CheckpointError, load_checkpoint
-from metarl.config import Config, ConfigError, config_from_dict
+from metarl.checkpoint import load_checkpoint
+from metarl.config import Config, config_from_dict
+from metarl.errors import CheckpointError, ConfigError, EnvError
 from metarl.functional import Params, detach, distribution, parameters_of, per_task
 from metarl.maml import adapt, estimate_advantages
+from metarl.memory import check_evaluation_memory
 from metarl.policies import make_policy
 from metarl.sampler import Sampler, concat_episodes, env_actions, with_task_features
-from metarl.tasks import TaskSplits, make_env, task_features, task_to_json
-
-
-def _t_quantile(p: float, dof: int) -> float:
-    """Student-t quantile (Cornish–Fisher expansion; accurate to ~1e-3 for dof >= 5)."""
-    z = statistics.NormalDist().inv_cdf(p)
-    if dof <= 0:
-        return math.nan
-    return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+from metarl.tasks import TaskSplits, check_trusted_env, make_env, task_features, task_to_json
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% confidence interval (Student t over tasks)."""
+    """Mean and the half-width of its 95% confidence interval (Student t over tasks; NaN for one task)."""
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return float(values.mean()), math.nan
-    half = _t_quantile(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    half = scipy.stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
     return float(values.mean()), float(half)
 
 
@@ -72,23 +66,26 @@ class MetaPolicy:
         seed: int | None = None,
     ) -> MetaPolicy:
         """Run `episodes` episodes on `env` (default ``inner.episodes_per_task``), take an inner
-        policy-gradient step on them, and repeat `steps` times. `env` is an environment instance
-        (its current task is used, never read) or a Gymnasium id."""
+        policy-gradient step on them, and repeat `steps` times (0: no adaptation). `env` is an
+        environment instance (its current task is used, never read) or a Gymnasium id; its
+        observations and actions must be those the policy was trained on."""
         if self.observes_task:
             raise ValueError("an oracle policy is not adapted: it observes the task (act(observation, task=...))")
+        episodes = self.config.inner.episodes_per_task if episodes is None else episodes
+        for name, value, least in (("episodes", episodes, 1), ("steps", steps, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"adapt: {name} must be an integer of at least {least}, got {value!r}")
+        if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+            raise ValueError(f"adapt: lr must be a finite number >= 0, got {lr!r}")
         env = make_env(env) if isinstance(env, str) else env
+        self.check_env(env)
         policy_config = self.config.policy
         sampler = Sampler.for_env(
             env, self.config.env.horizon, policy_config.action_scaling, seed or 0, policy_config.action_bound
         )
         params = per_task(self.params, 1)
         for _ in range(steps):
-            batch = concat_episodes(
-                [
-                    sampler.sample(self.policy, params, None)
-                    for _ in range(episodes or self.config.inner.episodes_per_task)
-                ]
-            )
+            batch = concat_episodes([sampler.sample(self.policy, params, None) for _ in range(episodes)])
             batch = estimate_advantages(batch, self.config.advantages)
             params = detach(
                 adapt(self.policy, params, [batch], lr if lr is not None else self.config.inner.lr, create_graph=False)
@@ -96,6 +93,23 @@ class MetaPolicy:
         adapted = MetaPolicy(self.policy, self.config, {name: p[0] for name, p in params.items()})
         adapted._action_space = env.action_space
         return adapted
+
+    def check_env(self, env: gym.Env) -> None:
+        """Refuse an environment whose observations or actions differ from the ones of training
+        (`EnvError`): the policy's outputs would be meaningless, or the wrong shape."""
+        trained_obs = self.checkpoint.get("observation_shape")
+        trained_actions = self.checkpoint.get("action_space")
+        shape = list(env.observation_space.shape or ())
+        if trained_obs is not None and not self.observes_task and shape != trained_obs:
+            raise EnvError(
+                f"this policy was trained on observations of shape {trained_obs}, the environment gives {shape} "
+                f"({env.observation_space}); adapt it on a variant of {self.config.env.id}"
+            )
+        if trained_actions is not None and not _same_action_layout(env.action_space, trained_actions):
+            raise EnvError(
+                f"this policy acts in {trained_actions}, the environment in {env.action_space}; adapt it on a "
+                f"variant of {self.config.env.id}"
+            )
 
     @property
     def observes_task(self) -> bool:
@@ -117,6 +131,9 @@ class MetaPolicy:
             if task is None:
                 raise ValueError("an oracle policy acts on the observation and the task: pass task=")
             observation = np.concatenate([observation, task_features(task)])
+        expected = self.checkpoint.get("observation_shape")
+        if expected is not None and list(observation.shape) != expected:
+            raise ValueError(f"act: expected one observation of shape {expected}, got shape {list(observation.shape)}")
         pi = distribution(self.policy, self.params, torch.as_tensor(observation))
         if deterministic:
             action = pi.mean if not isinstance(pi, torch.distributions.Categorical) else pi.probs.argmax(-1)
@@ -128,10 +145,25 @@ class MetaPolicy:
         return env_actions(action.numpy(), space, self.config.policy.action_scaling, self.config.policy.action_bound)
 
 
-def load(path: str | Path) -> MetaPolicy:
-    """Restore the meta-trained policy of a run directory or checkpoint file."""
+def _same_action_layout(space: gym.Space, trained: str) -> bool:
+    """Whether `space` is the kind and shape of action space whose ``repr`` is `trained`."""
+    if isinstance(space, gym.spaces.Discrete):
+        return trained.startswith("Discrete(") and trained == repr(space)
+    if isinstance(space, gym.spaces.Box):
+        return trained.startswith("Box(") and trained.endswith(f", {space.shape}, {space.dtype})")
+    return False
+
+
+def load(path: str | Path, trust_modules: Collection[str] = ()) -> MetaPolicy:
+    """Restore the meta-trained policy of a run directory or checkpoint file.
+
+    The checkpoint is data: it cannot run code. Its ``env.id`` must be a registered Gymnasium id,
+    or ``module:Name`` with the module (or that whole entry point) in `trust_modules`
+    (`metarl.tasks.check_trusted_env`).
+    """
     checkpoint = load_checkpoint(path)
     config = config_from_dict(checkpoint["config"])
+    check_trusted_env(config.env.id, trust_modules, f"checkpoint '{checkpoint['path']}'")
     env = make_env(config.env.id, config.env.kwargs, config.env.horizon, config.env.task_space, check=False)
     observation_space = env.observation_space
     if config.train.algo == "oracle":
@@ -313,6 +345,7 @@ def evaluate(
     baselines: Sequence[str] = (),
     baseline_lrs: Mapping[str, float] | None = None,
     videos: int = 0,
+    trust_modules: Collection[str] = (),
 ) -> EvaluationResult:
     """Evaluate the meta-policy of a run directory or checkpoint on unseen tasks.
 
@@ -329,6 +362,8 @@ def evaluate(
     the task and is evaluated without adaptation) or ``fomaml=runs/nav_first_order``.
     ``baseline_lrs``: a first-step size per method name (the MAML paper tuned the baselines' own).
     ``videos``: record one episode before and one after adaptation for this many tasks.
+    ``trust_modules``: modules (or ``module:Name`` entry points) that the checkpoints' ``env.id``
+    may import (see `load`); a registered Gymnasium id needs none.
     Unset arguments take the run's ``evaluation`` config. Results are written to `out_dir`
     (default: ``<run dir>/eval``, or ``eval_ood``).
     """
@@ -337,11 +372,11 @@ def evaluate(
     given_tasks = _read_tasks(tasks_file) if tasks_file is not None else None
     if given_tasks is not None:
         num_tasks, split = len(given_tasks), "file"
-    meta_policy = load(path)
+    meta_policy = load(path, trust_modules)
     methods = {method_name(meta_policy.config): meta_policy}
     for name, other in _parse_baselines(baselines, methods).items():
         if other is not None:
-            methods[name] = load(other)
+            methods[name] = load(other, trust_modules)
             _check_comparable(meta_policy, methods[name], name)
         else:
             methods[name] = None  # random: built below, once the observation space is known
@@ -380,6 +415,9 @@ def evaluate(
     torch.manual_seed(protocol["seed"])
     try:
         sampler = sampler_for(False)
+        check_evaluation_memory(
+            config, sampler.observation_space, sampler.action_space, sampler.horizon, protocol["batch_unit"]
+        )
         # The held-out tasks are those the run kept out of training, whatever --seed says about sampling noise.
         task_seed = meta_policy.config.evaluation.seed
         splits = TaskSplits(sampler.env, config.train.seed, task_seed, protocol["num_tasks"])

@@ -90,7 +90,7 @@ class RunLogger:
     def skipped(self, iteration: int, reason: str) -> None:
         """An iteration whose meta-batch was dropped (``train.on_nonfinite: skip``)."""
         self.writer.add_scalar("optim/skipped_batch", 1.0, iteration)
-        self.jsonl.write(json.dumps({"iteration": iteration, "skipped": reason}) + "\n")
+        self.jsonl.write(json.dumps({"iteration": iteration, "optim/skipped_batch": 1.0, "message": reason}) + "\n")
         self.jsonl.flush()
         self.message(reason)
         self.bar.update(1)

@@ -21,12 +21,17 @@ from gymnasium.vector import VectorEnv
 from torch import Tensor, nn
 
 from metarl.config import Config
+from metarl.errors import EnvError, NonFiniteError
 from metarl.functional import Params, distribution, per_task
-from metarl.tasks import EnvError, horizon_of, make_env, make_vector_env, sample_tasks, set_tasks, task_features
-
-
-class NonFiniteError(FloatingPointError):
-    """An environment produced NaN or infinite values."""
+from metarl.tasks import (
+    environment_errors,
+    horizon_of,
+    make_env,
+    make_vector_env,
+    sample_tasks,
+    set_tasks,
+    task_features,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +129,7 @@ class Sampler:
         self.reseed(seed)
         self.env = make_env(env_id, self.env_kwargs, horizon, task_space)
         self.horizon = horizon_of(self.env, horizon)
+        check_spaces(self.env)
         self.observation_space = self.env.observation_space
         if observe_task:
             self.observation_space = with_task_features(self.env.observation_space, self.env)
@@ -174,6 +180,7 @@ class Sampler:
         sampler.task_space, sampler.observe_task, sampler.worker_timeout = None, False, None
         sampler.reseed(seed)
         sampler.env, sampler.horizon = env, horizon_of(env, horizon)
+        check_spaces(env)
         sampler.observation_space, sampler.action_space = env.observation_space, env.action_space
         sampler._vector_envs = {1: gym.vector.SyncVectorEnv([lambda: env], autoreset_mode="NextStep")}
         return sampler
@@ -185,9 +192,16 @@ class Sampler:
     def _vector_env(self, num_tasks: int) -> VectorEnv:
         if num_tasks not in self._vector_envs:
             num_envs = num_tasks * self.episodes_per_task
-            self._vector_envs[num_tasks] = make_vector_env(
-                self.env_id, num_envs, self.env_kwargs, self.horizon, self.workers, self.task_space, self.worker_timeout
-            )
+            with environment_errors(f"creating {num_envs} copies of '{self.env_id}'"):
+                self._vector_envs[num_tasks] = make_vector_env(
+                    self.env_id,
+                    num_envs,
+                    self.env_kwargs,
+                    self.horizon,
+                    self.workers,
+                    self.task_space,
+                    self.worker_timeout,
+                )
         return self._vector_envs[num_tasks]
 
     def sample(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
@@ -228,8 +242,10 @@ class Sampler:
         num_tasks, num_episodes = len(tasks) if tasks is not None else 1, self.episodes_per_task
         envs = self._vector_env(num_tasks)
         if tasks is not None:
-            set_tasks(envs, [task for task in tasks for _ in range(num_episodes)])
-        obs, _ = envs.reset(seed=int(self.rng.integers(2**31)))
+            with environment_errors("setting tasks"):
+                set_tasks(envs, [task for task in tasks for _ in range(num_episodes)])
+        with environment_errors("resetting"):
+            obs, _ = envs.reset(seed=int(self.rng.integers(2**31)))
         if self.observe_task:
             features = np.repeat(np.stack([task_features(task) for task in tasks]), num_episodes, axis=0)
 
@@ -249,9 +265,10 @@ class Sampler:
             steps["mask"].append(torch.as_tensor(alive, dtype=torch.float32).reshape(num_tasks, num_episodes))
 
             flat = action.reshape(envs.num_envs, *action.shape[2:]).cpu().numpy()
-            obs, reward, terminated, truncated, _ = envs.step(
-                env_actions(flat, self.action_space, self.action_scaling, self.action_bound)
-            )
+            with environment_errors("stepping"):
+                obs, reward, terminated, truncated, _ = envs.step(
+                    env_actions(flat, self.action_space, self.action_scaling, self.action_bound)
+                )
             _check_finite(reward, "rewards", tasks, num_episodes)
             reward = np.where(alive, reward, 0.0)
             steps["rewards"].append(torch.as_tensor(reward, dtype=torch.float32).reshape(num_tasks, num_episodes))
@@ -277,6 +294,22 @@ def _torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def check_spaces(env: gym.Env) -> None:
+    """The spaces metarl's policies handle: flat Box observations; flat Box or Discrete actions."""
+    name = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+    observations, actions = env.observation_space, env.action_space
+    if not (isinstance(observations, spaces.Box) and len(observations.shape) == 1):
+        raise EnvError(
+            f"{name} observes {observations}; metarl's policies need a flat Box observation space: wrap the "
+            "environment in gymnasium.wrappers.FlattenObservation (registered with that wrapper, or in a factory)"
+        )
+    if not (isinstance(actions, spaces.Discrete) or (isinstance(actions, spaces.Box) and len(actions.shape) == 1)):
+        raise EnvError(
+            f"{name} acts in {actions}; metarl's policies act in a flat Box or a Discrete action space: wrap the "
+            "environment (a gymnasium.ActionWrapper) so that it takes one"
+        )
 
 
 def with_task_features(space: gym.Space, env: gym.Env) -> spaces.Box:

@@ -23,12 +23,13 @@ otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import inspect
 import json
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
@@ -36,12 +37,10 @@ import numpy as np
 from gymnasium.envs.registration import load_env_creator, registry
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
+from metarl.errors import CheckpointError, EnvError, MetarlError
+
 # Namespaces whose ids are registered by importing a package.
 NAMESPACE_PROVIDERS = {"MetaRL": "envs"}
-
-
-class EnvError(ValueError):
-    """An environment cannot be created or does not follow the task protocol."""
 
 
 @runtime_checkable
@@ -86,9 +85,45 @@ def _register_entry_point(env_id: str) -> None:
             f"cannot import module '{module_name}' of '{env_id}': {error}. Modules are looked up on sys.path "
             "(the metarl command adds the current directory); set PYTHONPATH otherwise"
         ) from None
+    if name in registry:
+        return
     target = getattr(module, name, None)
-    if name not in registry and callable(target):
-        gym.register(id=name, entry_point=target)
+    if not callable(target) or (isinstance(target, type) and not issubclass(target, gym.Env)):
+        raise EnvError(
+            f"'{env_id}': module '{module_name}' neither registers the Gymnasium id '{name}' nor defines an "
+            f"environment class or factory '{name}'"
+        )
+    gym.register(id=name, entry_point=target)
+
+
+def check_trusted_env(env_id: str, trusted: Collection[str], source: str) -> None:
+    """Refuse an env id from untrusted data (a checkpoint's config) that would import code.
+
+    Making ``module:Name`` imports ``module`` and calls ``Name`` with the config's kwargs, so a
+    checkpoint from elsewhere could run any code through it (``os:system``). Such data may name a
+    Gymnasium id that is already registered (or one of metarl's own families), or an entry point
+    whose module, or the whole ``module:Name``, is in `trusted`: what the user passed explicitly
+    (``--trust-module``, ``trust_modules=``). Raises `CheckpointError`, importing nothing.
+    """
+    if ":" not in env_id:
+        if env_id not in registry:
+            namespace = env_id.split("/")[0] if "/" in env_id else None
+            if namespace in NAMESPACE_PROVIDERS:
+                importlib.import_module(NAMESPACE_PROVIDERS[namespace])
+        if env_id in registry:
+            return
+        raise CheckpointError(
+            f"{source} names env.id '{env_id}', which is not a registered Gymnasium environment; register it "
+            "first (import the package that registers it), or pass its entry point with --trust-module"
+        )
+    module = env_id.split(":", 1)[0]
+    if env_id in trusted or module in trusted:
+        return
+    raise CheckpointError(
+        f"{source} names env.id '{env_id}', an entry point in module '{module}'; metarl does not import "
+        "modules that a checkpoint names, since a checkpoint from elsewhere could run any code that way. If you "
+        f"trust that module, pass --trust-module {module} (in Python: trust_modules=['{module}'])"
+    )
 
 
 def make_env(
@@ -110,10 +145,31 @@ def make_env(
 
         return TaskSpaceEnv(env_id, kwargs, horizon, task_space, check=check)
     extra = {"max_episode_steps": horizon} if horizon is not None else {}
+    with environment_errors(f"creating '{env_id}'"):
+        env = gym.make(env_id, **dict(kwargs or {}), **extra)
+    if not isinstance(env.unwrapped, gym.Env):
+        made = type(env.unwrapped).__name__
+        raise EnvError(f"'{env_id}' is not an environment: it made a {made}, not a gymnasium.Env")
+    return env
+
+
+@contextlib.contextmanager
+def environment_errors(doing: str) -> Iterator[None]:
+    """Report an exception raised by environment code as an `EnvError` naming what was being done.
+
+    The environment's own message is kept (its traceback is the error's cause, shown by
+    ``--debug``); metarl's own errors and interrupts pass through unchanged.
+    """
     try:
-        return gym.make(env_id, **dict(kwargs or {}), **extra)
-    except gym.error.Error as error:
-        raise EnvError(f"cannot create '{env_id}': {error}") from None
+        yield
+    except (MetarlError, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise EnvError(
+            f"the environment raised {type(error).__name__} while {doing}: {first_line}. Fix the environment "
+            "(`metarl check-env ID` tests it), or its settings in the config"
+        ) from error
 
 
 def make_vector_env(

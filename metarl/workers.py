@@ -36,16 +36,13 @@ from gymnasium.envs.registration import EnvSpec, registry
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from metarl.errors import WorkerError
 from metarl.tasks import make_env
 
 # Workers step with one thread each: they must not compete with each other or with the policy.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _CLOSE_TIMEOUT = 5.0  # seconds the workers get to exit after "close", before they are terminated
 _BUFFERS = ("observations", "actions", "rewards", "terminated", "truncated")
-
-
-class WorkerError(RuntimeError):
-    """A worker process raised, died or stopped answering; the message names it, its copies and the cause."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +101,8 @@ class WorkerVectorEnv(VectorEnv):
             workers import their modules.
         num_workers: worker processes, between 1 and ``len(env_fns)``.
         start_method: ``spawn`` or ``forkserver`` (never ``fork``: the parent may hold torch threads).
-        timeout: seconds to wait for a worker's answer after start-up (None: as long as it lives).
+        timeout: seconds to wait for a worker's answer, and for its environments to be built at
+            start-up (None: as long as it lives).
     """
 
     def __init__(
@@ -242,7 +240,8 @@ class WorkerVectorEnv(VectorEnv):
 
     def _start(self) -> tuple[gym.Space, gym.Space]:
         """Wait for the workers' environments, then share the buffers with them."""
-        replies = self._gather("start-up", deadline=None)
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        replies = self._gather("start-up", deadline)
         observation_space, action_space = replies[0]
         for index, (obs_space, act_space) in enumerate(replies):
             if obs_space != observation_space or act_space != action_space:
@@ -305,8 +304,12 @@ class WorkerVectorEnv(VectorEnv):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             ready = set(wait(waiting_on, timeout=remaining))
             if not ready:
-                silent = sorted(pending)
-                errors += [(i, f"{self._describe(i)} did not answer '{what}' within {self.timeout} s") for i in silent]
+                late = "did not finish building its environments" if what == "start-up" else f"did not answer '{what}'"
+                hint = (
+                    f" (env.worker_timeout); the environment {'constructor' if what == 'start-up' else 'call'} may "
+                    "hang, or needs longer: raise env.worker_timeout"
+                )
+                errors += [(i, f"{self._describe(i)} {late} within {self.timeout:g} s{hint}") for i in sorted(pending)]
                 dead = True
                 break
             for index in sorted(pending):

@@ -165,7 +165,7 @@ def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, A
     from metarl.curvature import supports_fast_curvature
     from metarl.logger import RunLogger
     from metarl.maml import adaptation_curvature, meta_step, sample_meta_batch
-    from metarl.train import iteration_metrics
+    from metarl.training import iteration_metrics
 
     config = config_from_dict(config_dict)
     torch.manual_seed(config.train.seed)

@@ -174,10 +174,17 @@ def test_configuration_must_be_a_mapping(tmp_path):
     assert info.value.problems == ["the configuration must be a mapping of sections, got list"]
 
 
-def test_empty_file_gives_defaults(tmp_path):
+def test_an_empty_file_is_refused_rather_than_running_the_defaults(tmp_path):
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing\n")
-    assert load_config(path) == Config()
+    with pytest.raises(ConfigError, match="is empty: it would run the 500-iteration defaults"):
+        load_config(path)
+    assert load_config(None) == Config()  # the defaults are still there, asked for explicitly
+
+
+def test_a_directory_as_config_is_named_as_a_directory(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory; give a YAML config file"):
+        load_config(tmp_path)
 
 
 def test_invalid_yaml_names_the_path(tmp_path):
@@ -194,9 +201,6 @@ def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.problems == [f"config file '{path}' does not exist"]
-    # A directory is not a config file either.
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_config(tmp_path)
 
 
 def test_to_yaml_round_trips():
@@ -312,7 +316,7 @@ def test_bfloat16_curvature_without_bfloat16_units_warns_in_one_line_and_trains(
 
     assert has_fast_bfloat16("cpu") in (True, False) and not has_fast_bfloat16("meta")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(importlib.import_module("metarl.train"), "has_fast_bfloat16", lambda device: False)
+    monkeypatch.setattr(importlib.import_module("metarl.training"), "has_fast_bfloat16", lambda device: False)
     smoke = str(ROOT / "experiments" / "smoke.yaml")
     args = ["train", smoke, "--set", "outer.curvature_precision=bfloat16", "--iterations", "1", "--no-progress"]
     assert main(args) == 0

@@ -20,7 +20,7 @@ from metarl.evaluation import evaluate
 from metarl.policies import make_policy
 from metarl.sampler import Sampler
 from metarl.tasks import task_features
-from metarl.train import train
+from metarl.training import train
 from metarl.video import record_adaptation_videos
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,9 +16,9 @@ import torch
 from metarl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from metarl.cli import main
 from metarl.config import load_config
-from metarl.train import resume, train
+from metarl.training import resume, train
 
-training = importlib.import_module("metarl.train")  # the module; `metarl.train` is the function
+training = importlib.import_module("metarl.training")  # the module; `metarl.train` is the function
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 SETTINGS = ["train.num_threads=1", "train.checkpoint_every=2"]

@@ -7,51 +7,33 @@ import copy
 import dataclasses
 import datetime
 import json
-import re
 import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from metarl.checkpoint import CheckpointError, CheckpointKeeper, latest_checkpoint
-from metarl.config import Config, ConfigError, config_from_dict
+from metarl.checkpoint import CheckpointKeeper, latest_checkpoint
+from metarl.config import RESUMABLE_OVERRIDES, Config, InnerConfig, config_from_dict
 from metarl.curvature import has_fast_bfloat16, supports_fast_curvature
+from metarl.errors import CheckpointError, ConfigError, NonFiniteError, RunDirError
 from metarl.functional import parameters_of
 from metarl.logger import RunLogger
 from metarl.maml import MetaBatch, meta_step, sample_meta_batch
+from metarl.memory import check_training_memory
 from metarl.policies import make_policy
-from metarl.sampler import NonFiniteError, Sampler
-from metarl.tasks import TaskSplits, task_to_json
-
-# What `metarl train --resume` may change: how the run is executed, never what it computes.
-RESUMABLE_OVERRIDES = (
-    "train.iterations",
-    "train.num_threads",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "env.workers",
-    "env.worker_timeout",
-)
+from metarl.rundir import RunDirectory, default_run_name, describe_os_error, resume_command
+from metarl.sampler import Sampler
+from metarl.tasks import TaskSplits, check_trusted_env, task_to_json
 
 
 class Interrupted(KeyboardInterrupt):
     """Training was stopped by a signal (Ctrl-C or SIGTERM) after its state was saved."""
-
-
-def make_run_dir(config: Config) -> Path:
-    """``<logdir>/<run_name>``, by default ``<env>__seed<seed>__<timestamp>``."""
-    name = config.train.run_name
-    if name is None:
-        env = re.sub(r"[^A-Za-z0-9_.-]+", "_", config.env.id.split("/")[-1])
-        name = f"{env}__seed{config.train.seed}__{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    run_dir = Path(config.train.logdir) / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def iteration_metrics(batch: MetaBatch, stats: dict[str, float], policy: torch.nn.Module) -> dict[str, float]:
@@ -67,6 +49,7 @@ def iteration_metrics(batch: MetaBatch, stats: dict[str, float], policy: torch.n
     if hasattr(policy, "log_std"):
         metrics["policy/std"] = policy.log_std.exp().mean().item()
     metrics.update(stats)
+    metrics["optim/skipped_batch"] = 0.0  # 1 on iterations whose meta-batch was dropped (train.on_nonfinite: skip)
     metrics["time/batch_env_steps"] = float(sum(e.num_steps for e in (*batch.inner, batch.outer)))
     return metrics
 
@@ -120,15 +103,25 @@ class TrainingState:
         self.sampler.rng.bit_generator.state = payload["rng"]["sampler"]
 
 
-def train(
-    config: Config, run_dir: Path | None = None, progress: bool = True, resume_from: dict[str, Any] | None = None
-) -> Path:
+def train(config: Config, progress: bool = True, overwrite: bool = False) -> Path:
     """Meta-train a policy with MAML as configured; returns the run directory.
 
-    The run directory holds ``config.yaml``, ``test_tasks.json`` (the held-out tasks), TensorBoard
-    event files, ``metrics.jsonl`` and ``checkpoints/``. `resume_from` is a checkpoint of the run
-    in `run_dir` to continue from (see `resume`).
+    The run directory, ``<train.logdir>/<train.run_name>`` (default ``<env>__seed<N>__<time>``),
+    holds ``config.yaml``, ``test_tasks.json`` (the held-out tasks), TensorBoard event files,
+    ``metrics.jsonl`` and ``checkpoints/``. A run name that exists is refused unless `overwrite`
+    (which deletes that run); `resume` continues a run.
     """
+    return _train(config, None, progress, overwrite=overwrite)
+
+
+def _train(
+    config: Config,
+    run: RunDirectory | None,
+    progress: bool,
+    resume_from: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Train in `run` (a locked run directory being resumed from `resume_from`), or in a new one."""
     # --- setup: seeds, environments, policy, held-out tasks, outer optimiser, logs
     torch.manual_seed(config.train.seed)
     if config.train.num_threads is not None:
@@ -139,12 +132,28 @@ def train(
         # MAML's pre- and post-adaptation batches hold together.
         inner = dataclasses.replace(config.inner, steps=0)
         episodes_per_task *= config.inner.steps + 1
-    # first: a bad environment leaves no run directory behind
+    # first: a bad environment or a size that cannot fit leaves no run directory behind
     sampler = Sampler.from_config(config, episodes_per_task)
-    policy = make_policy(sampler.observation_space, sampler.action_space, config.policy).to(config.train.device)
+    try:
+        check_training_memory(
+            config, sampler.observation_space, sampler.action_space, sampler.horizon, episodes_per_task
+        )
+        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy).to(config.train.device)
+        _check_precision(config, policy)
+        if run is None:
+            stamp = f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
+            name = default_run_name(config.env.id, config.train.seed, stamp)
+            run = RunDirectory.create(config.train.logdir, config.train.run_name, name, overwrite)
+        with run:  # unlocked when training ends, however it ends
+            return _train_in(run, config, sampler, policy, inner, progress, resume_from)
+    finally:
+        sampler.close()
+
+
+def _check_precision(config: Config, policy: torch.nn.Module) -> None:
+    """``outer.curvature_precision`` needs metarl's Gaussian MLP; bfloat16 without bfloat16 units is slow."""
     precision = config.outer.curvature_precision
     if config.outer.algo == "trpo" and precision != "full" and not supports_fast_curvature(policy):
-        sampler.close()
         raise ConfigError(
             [
                 f"'outer.curvature_precision={precision}' needs the Gaussian MLP policy of "
@@ -158,10 +167,23 @@ def train(
             "trust region's products will be slower than in float32 (remove outer.curvature_precision)",
             stacklevel=2,
         )
-    run_dir = run_dir or make_run_dir(config)
-    (run_dir / "config.yaml").write_text(config.to_yaml())
+
+
+def _train_in(
+    run: RunDirectory,
+    config: Config,
+    sampler: Sampler,
+    policy: torch.nn.Module,
+    inner: InnerConfig,
+    progress: bool,
+    resume_from: dict[str, Any] | None,
+) -> Path:
+    """The training loop proper, in a locked run directory."""
+    run_dir = run.path
+    run.remove_stale_temporary_files()
+    run.write_text("config.yaml", config.to_yaml())
     splits = TaskSplits(sampler.env, config.train.seed, config.evaluation.seed, config.evaluation.num_tasks)
-    (run_dir / "test_tasks.json").write_text(json.dumps([task_to_json(t) for t in splits.test], indent=1))
+    run.write_text("test_tasks.json", json.dumps([task_to_json(t) for t in splits.test], indent=1))
     optimizer = None
     if config.outer.algo == "adam":
         optimizer = torch.optim.Adam(parameters_of(policy).values(), lr=config.outer.lr)
@@ -170,9 +192,13 @@ def train(
     state = TrainingState(policy, optimizer, splits, sampler)
     if resume_from is not None:
         state.restore(resume_from)
-    logger = RunLogger(run_dir, config.to_dict(), config.train.iterations, start=state.iteration, progress=progress)
+    try:
+        logger = RunLogger(run_dir, config.to_dict(), config.train.iterations, start=state.iteration, progress=progress)
+    except OSError as error:
+        raise RunDirError(f"cannot write the logs of run directory '{run_dir}': {describe_os_error(error)}") from None
+    resumed_from = (Path(resume_from["path"]), resume_from["iteration"]) if resume_from is not None else None
     checkpoints = CheckpointKeeper(
-        run_dir / "checkpoints", config.train.checkpoint_every, config.train.keep_checkpoints
+        run_dir / "checkpoints", config.train.checkpoint_every, config.train.keep_checkpoints, newest=resumed_from
     )
     completed = state.payload(config)  # the last finished iteration
     log_s = 0.0
@@ -235,30 +261,43 @@ def train(
         # Interrupted or failed mid-iteration (the parameters may be half-updated): keep the state
         # after the last finished iteration, so no finished work is lost.
         _save_on_stop(checkpoints, completed, logger, run_dir, error)
+        if isinstance(error, OSError):  # a log file could not be written
+            raise RunDirError(
+                f"cannot write to run directory '{run_dir}': {describe_os_error(error)}; free space or fix the "
+                f"directory, then {resume_command(run_dir)}"
+            ) from error
         raise
     finally:
-        logger.close()
-        sampler.close()
+        with contextlib.suppress(OSError):
+            logger.close()
     return run_dir
 
 
 def _save_on_stop(
     checkpoints: CheckpointKeeper, completed: dict[str, Any], logger: RunLogger, run_dir: Path, error: BaseException
 ) -> None:
-    how = f"resume with: metarl train --resume {run_dir}"
-    if completed["iteration"] == 0:
-        logger.message("stopped during iteration 1; nothing to keep. Start again with the same command.")
+    """Save the state after the last finished iteration as ``last.pt`` and say where the run can go on."""
+    cause = "interrupted" if isinstance(error, KeyboardInterrupt) else "stopped"
+    done = completed["iteration"]
+    how = f"resume with: {resume_command(run_dir)}"
+    if done == 0:
+        logger.message(
+            f"{cause} during iteration 1; nothing to keep yet. Start it again with: {resume_command(run_dir)}"
+        )
         return
     try:
         path = checkpoints.last(completed)
     except CheckpointError as save_error:
-        logger.message(f"stopped during iteration {completed['iteration'] + 1}, and {save_error}")
+        kept = checkpoints.newest
+        where = (
+            f"the newest saved state is the one after iteration {kept[1]} ({kept[0].name}); {how} (it continues "
+            "from there) once the disk has space"
+            if kept is not None
+            else f"no state was saved; {how} (it starts from iteration 0) once the disk has space"
+        )
+        logger.message(f"{cause} during iteration {done + 1}, and {save_error}; {where}")
         return
-    cause = "interrupted" if isinstance(error, KeyboardInterrupt) else "stopped"
-    logger.message(
-        f"{cause} during iteration {completed['iteration'] + 1}; the state after iteration "
-        f"{completed['iteration']} is in {path}; {how}"
-    )
+    logger.message(f"{cause} during iteration {done + 1}; the state after iteration {done} is in {path}; {how}")
 
 
 class _StopSignals:
@@ -301,14 +340,17 @@ class _StopSignals:
             raise Interrupted(signal.Signals(signum).name)
 
 
-def resume(run_dir: str | Path, overrides: list[str] = (), progress: bool = True) -> Path:
+def resume(
+    run_dir: str | Path, overrides: Sequence[str] = (), progress: bool = True, trust_modules: Collection[str] = ()
+) -> Path:
     """Continue a run from its newest checkpoint, exactly where it stopped.
 
     The configuration is the run's own; `overrides` may change only how it runs
-    (`RESUMABLE_OVERRIDES`), e.g. ``train.iterations=200`` to extend a finished run.
+    (`RESUMABLE_OVERRIDES`), e.g. ``train.iterations=200`` to extend a finished run. A run stopped
+    before its first checkpoint starts again from its ``config.yaml``. The run's files are data
+    from wherever the run came from: an ``env.id`` of the form ``module:Name`` is imported only if
+    the module (or that entry point) is in `trust_modules` (`metarl.tasks.check_trusted_env`).
     """
-    run_dir = Path(run_dir)
-    checkpoint = latest_checkpoint(run_dir)
     problems = [
         f"'{o.partition('=')[0]}' cannot change when resuming (it would change what the run computes); "
         f"resumable settings: {', '.join(RESUMABLE_OVERRIDES)}"
@@ -317,12 +359,35 @@ def resume(run_dir: str | Path, overrides: list[str] = (), progress: bool = True
     ]
     if problems:
         raise ConfigError(problems)
-    config = config_from_dict(checkpoint["config"], overrides)
-    if checkpoint["iteration"] >= config.train.iterations:
-        raise ConfigError(
-            [
-                f"{run_dir} already finished {checkpoint['iteration']} of train.iterations={config.train.iterations}; "
-                "to train longer, resume with --iterations N (more than that)"
-            ]
-        )
-    return train(config, run_dir, progress, resume_from=checkpoint)
+    run = RunDirectory.reopen(run_dir)  # refuses a run that another process is training now
+    try:
+        checkpoint = latest_checkpoint(run.path)
+        if checkpoint is not None:
+            data, source = checkpoint["config"], f"checkpoint '{checkpoint['path']}'"
+        else:
+            data, source = _first_config(run.path), f"'{run.path / 'config.yaml'}'"
+        config = config_from_dict(data, overrides)
+        check_trusted_env(config.env.id, trust_modules, source)
+        done = checkpoint["iteration"] if checkpoint is not None else 0
+        if done >= config.train.iterations:
+            raise ConfigError(
+                [
+                    f"{run.path} already finished {done} of train.iterations={config.train.iterations}; "
+                    "to train longer, resume with --iterations N (more than that)"
+                ]
+            )
+        return _train(config, run, progress, resume_from=checkpoint)
+    finally:
+        run.release()
+
+
+def _first_config(run_dir: Path) -> Any:
+    """The config of a run that stopped before its first checkpoint."""
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(
+            f"'{run_dir}' has no checkpoints/ with a .pt file and no config.yaml; is it a metarl run directory?"
+        ) from None
+    except (OSError, yaml.YAMLError) as error:
+        raise CheckpointError(f"cannot read '{run_dir / 'config.yaml'}': {error}") from None
