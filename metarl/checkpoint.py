@@ -170,11 +170,9 @@ def _run_config(run_dir: Path) -> dict[str, Any] | None:
 def _check_belongs(file: Path, config: Any, run_config: dict[str, Any], run_dir: Path) -> None:
     """Refuse a checkpoint of another run dropped into `run_dir` (resuming it would continue that run)."""
     ours, theirs = _flat(run_config), _flat(config if isinstance(config, dict) else {})
-    differing = sorted(
-        key
-        for key in ours.keys() | theirs.keys()
-        if key not in RESUMABLE_OVERRIDES and ours.get(key) != theirs.get(key)
-    )
+    # Where a run lives (it may have been moved) and how it runs do not make it another run.
+    keys = (ours.keys() | theirs.keys()) - {*RESUMABLE_OVERRIDES, "train.logdir", "train.run_name"}
+    differing = sorted(key for key in keys if ours.get(key) != theirs.get(key))
     if differing:
         key = differing[0]
         raise CheckpointError(

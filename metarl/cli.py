@@ -1,25 +1,28 @@
 """The ``metarl`` command: ``train``, ``evaluate``, ``envs`` and ``check-env``.
 
-Only the standard library is imported at the top: torch and the rest load inside `main`, so that
-Ctrl-C during start-up is an interruption like any other, not a traceback.
+Only the standard library is imported at the top: torch and the rest load inside `main`, with
+Ctrl-C held back until they are loaded (`_imports_before_interrupts`), so that an interruption
+during start-up is a clean exit, never a traceback or an abort.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import inspect
 import json
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from metarl.config import RESUMABLE_OVERRIDES
 from metarl.errors import ConfigError, MetarlError
 
 DESCRIPTION = """\
@@ -211,6 +214,8 @@ def _import_from_working_directory() -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from metarl.config import RESUMABLE_OVERRIDES
+
     parser = argparse.ArgumentParser(
         prog="metarl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -375,11 +380,42 @@ def _short_warning(command: str, default: Callable[..., None]) -> Callable[..., 
     return show
 
 
+# What each command loads before it starts; torch and MuJoCo initialise C++ code that a Ctrl-C
+# cannot interrupt cleanly (seen: "terminate called after throwing ... KeyboardInterrupt", an abort).
+_START_UP_IMPORTS = {
+    "train": ("torch", "mujoco", "metarl.training", "metarl.evaluation"),
+    "evaluate": ("torch", "mujoco", "metarl.evaluation"),
+    "envs": ("torch", "mujoco", "metarl.tasks"),
+    "check-env": ("torch", "mujoco", "metarl.check"),
+}
+
+
+def _imports_before_interrupts(modules: Sequence[str]) -> None:
+    """Import `modules` with Ctrl-C held back until they are loaded, then act on it (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        for module in modules:
+            importlib.import_module(module)
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        for module in modules:
+            importlib.import_module(module)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
     _import_from_working_directory()
     try:
+        _imports_before_interrupts(_START_UP_IMPORTS[args.command])
         with warnings.catch_warnings():
             warnings.showwarning = _short_warning(args.command, warnings.showwarning)
             return args.func(args)

@@ -90,7 +90,7 @@ class MetaPolicy:
             params = detach(
                 adapt(self.policy, params, [batch], lr if lr is not None else self.config.inner.lr, create_graph=False)
             )
-        adapted = MetaPolicy(self.policy, self.config, {name: p[0] for name, p in params.items()})
+        adapted = MetaPolicy(self.policy, self.config, {name: p[0] for name, p in params.items()}, self.checkpoint)
         adapted._action_space = env.action_space
         return adapted
 

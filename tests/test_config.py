@@ -1,5 +1,6 @@
 """metarl.config: YAML loading, overrides, validation that reports every problem, round trips."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,17 @@ def test_bfloat16_curvature_without_bfloat16_units_warns_in_one_line_and_trains(
     assert "metarl train: warning: outer.curvature_precision=bfloat16: cpu has no bfloat16 matrix units" in err
     assert "UserWarning" not in err and "warnings.warn" not in err
     assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def test_an_unavailable_device_is_refused_with_the_devices_this_machine_has(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.device=cuda"])
+    assert info.value.problems == ["'train.device' must be a torch device available here ('cpu'), got 'cuda'"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=re.escape("available here ('cpu', 'cuda', 'cuda:0'), got 'cuda:1'")):
+        load_config(None, ["train.device=cuda:1"])
+    assert load_config(None, ["train.device=cuda:0"]).train.device == "cuda:0"

@@ -12,6 +12,9 @@ def readme_commands() -> list[str]:
 def test_readme_opens_with_two_commands_and_ci_runs_the_test_command():
     main_job, tests = readme_commands()[:2]
     assert "metarl train experiments/navigation_2d.yaml --evaluate" in main_job
+    assert 'pip install -e ".[plot]"' in main_job  # the main job ends with its adaptation plot, eval.png
     assert "pytest" in tests
-    assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci
+    assert ".venv/bin/ruff check . && .venv/bin/ruff format --check ." in ci
     assert (ROOT / "experiments" / "navigation_2d.yaml").is_file()

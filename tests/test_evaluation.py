@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from metarl import load
 from metarl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from metarl.cli import main
 from metarl.config import load_config
-from metarl.evaluation import evaluate
+from metarl.errors import EnvError
+from metarl.evaluation import EvaluationResult, evaluate, mean_ci95
 from metarl.policies import make_policy
 from metarl.sampler import Sampler
 from metarl.tasks import task_features
@@ -265,3 +267,78 @@ def test_eval_json_holds_paired_differences_against_the_evaluated_run(runs, tmp_
     assert [round(p["mean"], 9) for p in pairs] == [round(x, 9) for x in per_task.mean(0)]
     assert all(p["ci95"] > 0 for p in pairs) and len(pairs) == 2
     assert result.returns["maml"].shape == (3, 2)
+
+
+# Two-sided 95% Student-t quantiles t(0.975, dof) from the standard table (to 3 decimals).
+T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 9: 2.262, 19: 2.093, 39: 2.023, 120: 1.980}
+
+
+@pytest.mark.parametrize("dof, quantile", sorted(T_TABLE.items()))
+def test_confidence_intervals_use_the_exact_t_quantile(dof, quantile):
+    values = np.arange(dof + 1, dtype=float)  # n = dof + 1 values
+    mean, half = mean_ci95(values)
+    standard_error = values.std(ddof=1) / np.sqrt(len(values))
+    assert mean == pytest.approx(values.mean())
+    assert half / standard_error == pytest.approx(quantile, abs=5e-4)
+
+
+def test_paired_differences_and_tensorboard_use_the_same_intervals(tmp_path):
+    returns = {"maml": np.array([[1.0, 5.0], [2.0, 3.0]]), "random": np.array([[0.0, 1.0], [1.0, 1.0]])}
+    result = EvaluationResult("MetaRL/Navigation2D-v0", [{"goal": [0, 0]}, {"goal": [1, 1]}], returns, {})
+    result.save(tmp_path)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    # Two tasks: one degree of freedom, t = 12.706; differences after step 1 are 4 and 2.
+    assert saved["paired_differences"]["maml - random"][1]["ci95"] == pytest.approx(12.7062 * 1.0, abs=1e-3)
+    assert saved["summary"]["maml"][1]["ci95"] == pytest.approx(12.7062 * 1.0, abs=1e-3)
+
+
+def _robot(action_shape=(2,), observation_shape=(2,)):
+    class Robot(gym.Env):
+        """A navigation-like robot whose observation or action layout may differ from training's."""
+
+        observation_space = gym.spaces.Box(-np.inf, np.inf, observation_shape, np.float32)
+        action_space = gym.spaces.Box(-0.1, 0.1, action_shape, np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            return np.zeros(observation_shape, np.float32), {}
+
+        def step(self, action):
+            return np.zeros(observation_shape, np.float32), 0.0, False, False, {}
+
+    return gym.wrappers.TimeLimit(Robot(), 5)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        (_robot(action_shape=(3,)), "this policy acts in Box(-0.1, 0.1, (2,), float32), the environment in"),
+        (_robot(observation_shape=(4,)), "trained on observations of shape [2], the environment gives [4]"),
+    ],
+)
+def test_adapt_refuses_an_environment_of_another_shape(runs, env, message):
+    with pytest.raises(EnvError, match=re.escape(message)):
+        load(runs["maml"]).adapt(env, episodes=2)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"episodes": 0}, "episodes must be an integer of at least 1, got 0"),
+        ({"steps": -1}, "steps must be an integer of at least 0, got -1"),
+        ({"episodes": 2.5}, "episodes must be an integer of at least 1, got 2.5"),
+        ({"lr": float("nan")}, "lr must be a finite number >= 0, got nan"),
+    ],
+)
+def test_adapt_refuses_meaningless_arguments(runs, arguments, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load(runs["maml"]).adapt(_robot(), **arguments)
+
+
+def test_act_refuses_an_observation_of_another_shape(runs):
+    policy = load(runs["maml"])
+    adapted = policy.adapt(_robot(), episodes=2, steps=0)  # steps=0: the meta-policy itself, for this robot
+    assert all(torch.equal(adapted.params[k], policy.params[k]) for k in policy.params)
+    assert adapted.act(np.zeros(2, np.float32)).shape == (2,)
+    with pytest.raises(ValueError, match=re.escape("expected one observation of shape [2], got shape [3]")):
+        adapted.act(np.zeros(3, np.float32))

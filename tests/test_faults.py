@@ -1,17 +1,27 @@
 """Bad input from an environment: a clear error naming the problem, not a deep traceback."""
 
 import dataclasses
+import errno
 import importlib
 import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 from gymnasium import spaces
 
 import metarl
 from metarl.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class NaNAfterSteps(gym.Env):
@@ -220,3 +230,180 @@ def test_a_hanging_worker_is_an_error_within_the_timeout(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "did not answer" in err and "within 2 s" in err and "Traceback" not in err
     assert time.monotonic() - start < 60
+
+
+# ---- Environments that fail in other ways: one line (exit 2), the state kept, a resume that works
+
+
+class StepRaises(NaNAfterSteps):
+    """Healthy for `nan_after` steps of its lifetime, then its step raises (while METARL_TEST_FAULTY is set)."""
+
+    def reset(self, *, seed=None, options=None):
+        gym.Env.reset(self, seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self._t += 1
+        if os.environ.get("METARL_TEST_FAULTY") and self._t > self.nan_after:
+            raise RuntimeError("the simulator exploded")
+        return np.zeros(2, np.float32), -float(self.task), False, False, {}
+
+
+class WrongShape(StepRaises):
+    """Its step returns a 3-vector where the space promises 2 numbers."""
+
+    def step(self, action):
+        self._t += 1
+        wrong = os.environ.get("METARL_TEST_FAULTY") and self._t > self.nan_after
+        return np.zeros(3 if wrong else 2, np.float32), -float(self.task), False, False, {}
+
+
+@pytest.mark.parametrize(
+    "entry_point, message",
+    [
+        ("StepRaises", "the environment raised RuntimeError while stepping: the simulator exploded"),
+        ("WrongShape", "the environment raised ValueError while stepping: "),
+    ],
+)
+def test_an_environment_that_fails_mid_run_is_one_line_and_the_run_resumes(
+    tmp_path, capsys, monkeypatch, entry_point, message
+):
+    # Each of the 12 copies makes 2 x 5 steps per iteration: iteration 1 is healthy, iteration 2 is not.
+    settings = [f"env.id=tests.test_faults:{entry_point}", "env.horizon=5", "env.kwargs={nan_after: 10}"]
+    monkeypatch.setenv("METARL_TEST_FAULTY", "1")
+    assert main(_train(tmp_path, *settings, "train.checkpoint_every=10")) == 2
+    monkeypatch.delenv("METARL_TEST_FAULTY")
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if line.startswith("metarl train: error:")]
+    assert len(error_lines) == 1 and message in error_lines[0] and "Traceback" not in err
+    assert err.splitlines()[-1] == error_lines[0]  # the error is the last word
+    assert "the state after iteration 1 is in" in err
+    assert torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 1
+    assert main(["train", "--resume", str(tmp_path / "r"), "--trust-module", "tests.test_faults"]) == 0, (
+        capsys.readouterr().err
+    )
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3]
+
+
+class DictObservations(gym.Env):
+    observation_space = spaces.Dict({"position": spaces.Box(-1, 1, (2,), np.float32)})
+    action_space = spaces.Box(-1, 1, (2,), np.float32)
+    task = 0.0
+
+    def sample_tasks(self, n, rng):
+        return [0.0] * n
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (["env.id=json:dumps"], "the environment raised TypeError while creating 'json:dumps'"),
+        (["env.id=json:JSONDecoder"], "module 'json' neither registers the Gymnasium id 'JSONDecoder' nor defines"),
+        (
+            ["env.id=tests.test_faults:DictObservations", "env.horizon=5"],
+            "DictObservations observes Dict('position': Box(-1.0, 1.0, (2,), float32)); metarl's policies need a flat "
+            "Box observation space: wrap the environment in gymnasium.wrappers.FlattenObservation",
+        ),
+    ],
+)
+def test_what_is_not_a_usable_environment_is_one_line(tmp_path, capsys, settings, message):
+    assert main(_train(tmp_path, *settings)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metarl train: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    "setting, key, size",
+    [
+        ("inner.episodes_per_task=1000000000", "'inner.episodes_per_task'", "TiB"),
+        ("env.horizon=1000000000", "'env.horizon'", "TiB"),
+        ("policy.hidden_sizes=[100000000,100000000]", "'policy.hidden_sizes'", "PiB"),
+    ],
+)
+def test_sizes_that_cannot_fit_are_refused_before_anything_is_allocated(tmp_path, capsys, setting, key, size):
+    start = time.monotonic()
+    assert main(_train(tmp_path, setting)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metarl train: error: invalid configuration: this run would need about ")
+    assert key in err and size in err and "available here" in err and len(err.strip().splitlines()) == 1
+    assert time.monotonic() - start < 10 and not (tmp_path / "r").exists()
+
+
+def test_evaluation_sizes_are_checked_too(tmp_path, capsys):
+    assert main(_train(tmp_path, "train.iterations=1")) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "r"), "--episodes", "1000000000"]) == 2
+    err = capsys.readouterr().err
+    assert "'evaluation.episodes_per_task'" in err and "would need about" in err
+
+
+class HangsWhenBuiltInAWorker(NaNAfterSteps):
+    """Builds at once in the training process, never in a worker process (a constructor that hangs)."""
+
+    def __init__(self, nan_after: int = 3) -> None:
+        if multiprocessing.parent_process() is not None:
+            time.sleep(3600)
+        super().__init__(nan_after)
+
+
+def test_a_worker_whose_constructor_hangs_is_reported_within_the_timeout(tmp_path, capsys):
+    start = time.monotonic()
+    settings = ["env.id=tests.test_faults:HangsWhenBuiltInAWorker", "env.horizon=5", "env.workers=2"]
+    assert main(_train(tmp_path, *settings, "env.worker_timeout=3")) == 2
+    err = capsys.readouterr().err
+    assert "did not finish building its environments within 3 s (env.worker_timeout)" in err
+    assert "Traceback" not in err and time.monotonic() - start < 40
+
+
+def test_an_unwritable_log_directory_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("")
+    assert main(["train", "experiments/smoke.yaml", "--logdir", str(tmp_path / "file" / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"metarl train: error: cannot create the log directory '{tmp_path / 'file' / 'runs'}': Not a " + (
+        "directory; choose another with --logdir\n"
+    )
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):  # as on a read-only file system (root ignores directory modes)
+        if self.is_relative_to(tmp_path / "ro"):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main(["train", "experiments/smoke.yaml", "--logdir", str(tmp_path / "ro")]) == 2
+    assert "permission denied (the directory is read-only" in capsys.readouterr().err
+
+
+def test_a_full_disk_while_logging_keeps_the_state_and_resumes(tmp_path, capsys, monkeypatch):
+    logger = importlib.import_module("metarl.logger")
+    real_log = logger.RunLogger.log
+
+    def disk_full_at_iteration_3(self, iteration, *args, **kwargs):
+        if iteration == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_log(self, iteration, *args, **kwargs)
+
+    monkeypatch.setattr(logger.RunLogger, "log", disk_full_at_iteration_3)
+    assert main(_train(tmp_path, "train.iterations=4", "train.checkpoint_every=10")) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith(f"metarl train: error: cannot write to run directory '{tmp_path / 'r'}'")
+    assert "the disk is full" in err and "Traceback" not in err
+    assert "the state after iteration 2 is in" in err
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(tmp_path / "r")]) == 0
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_ctrl_c_during_start_up_is_an_interruption_not_a_traceback(tmp_path):
+    """SIGINT while the command is still importing torch and the rest (delays well inside start-up)."""
+    command = [sys.executable, "-m", "metarl", "train", "experiments/smoke.yaml", "--logdir", str(tmp_path)]
+    for delay in (0.2, 0.4, 0.6):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        assert "Traceback" not in err and "interrupted" in err
+        assert process.returncode in (130, -signal.SIGINT)

@@ -4,6 +4,7 @@ import errno
 import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,3 +266,80 @@ def test_resume_is_bit_identical_with_batched_mujoco_physics(tmp_path):
     resume(part, ["train.iterations=4"], progress=False)
     assert _results(part) == _results(full)
     assert _same_parameters(part / "checkpoints" / "final.pt", full / "checkpoints" / "final.pt")
+
+
+def _torch_zip_full_disk(obj, f, *args, **kwargs):
+    """torch's zip writer on a full disk: a RuntimeError, not an OSError."""
+    f.write(b"\0" * 64)
+    raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 128")
+
+
+def test_a_full_disk_in_torch_s_writer_is_a_checkpoint_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", _torch_zip_full_disk)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 0))
+    with pytest.raises(CheckpointError, match="could not write checkpoint .*: the disk is full; no file was written"):
+        save_checkpoint(tmp_path / "checkpoints" / "best.pt", {"iteration": 1})
+    assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def test_a_full_disk_with_rare_checkpoints_resumes_from_best_pt(uninterrupted, tmp_path, monkeypatch, capsys):
+    """No iter_*.pt yet (checkpoint_every 50) when the disk fills up: best.pt holds a whole state too."""
+    real_save = torch.save
+    writes = {"n": 0}
+
+    def fails_from_the_third(obj, f, *args, **kwargs):
+        writes["n"] += 1
+        return _torch_zip_full_disk(obj, f) if writes["n"] >= 3 else real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fails_from_the_third)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(100, 100, 0))
+    args = ["train", str(SMOKE), "--logdir", str(tmp_path), "--run-name", "r", "--no-progress", "--iterations", "30"]
+    assert main([*args, "--set", "train.checkpoint_every=50", "--set", "train.num_threads=1"]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    best = load_checkpoint(tmp_path / "r" / "checkpoints" / "best.pt")
+    assert f"the newest saved state is the one after iteration {best['iteration']} (best.pt)" in err
+    assert err.splitlines()[-1].startswith("metarl train: error: could not write checkpoint") and "Traceback" not in err
+    assert main(["train", "--resume", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert _results(tmp_path / "r") == _results(uninterrupted)  # nothing lost but the unsaved iterations
+
+
+def test_killed_during_its_first_checkpoint_write_a_run_resumes_from_the_start(uninterrupted, tmp_path):
+    """kill -9 while best.pt of iteration 1 is half-written: the temporary file goes, the run starts again."""
+    script = (
+        "import sys, time, torch\n"
+        "real = torch.save\n"
+        "def slow(obj, f, *a, **k):\n"
+        "    f.write(b'partial'); f.flush(); time.sleep(600)\n"
+        "torch.save = slow\n"
+        "from metarl.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["train", str(SMOKE), "--logdir", str(tmp_path), "--run-name", "r", "--no-progress", "--iterations", "30"]
+    args += ["--set", "train.num_threads=1", "--set", "train.checkpoint_every=2"]
+    process = subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "r" / "checkpoints"
+    deadline = time.monotonic() + 60
+    while not list(checkpoints.glob(".best.pt.*.tmp")):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not list(checkpoints.glob("*.pt"))  # nothing was saved
+    assert main(["train", "--resume", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert not list(checkpoints.glob(".*.tmp"))  # the stale temporary file is gone
+    assert _results(tmp_path / "r") == _results(uninterrupted)
+
+
+def test_a_checkpoint_of_another_run_in_the_run_directory_is_refused(uninterrupted, tmp_path, capsys):
+    other = train(_config(tmp_path, "other", 31, "train.seed=5"), progress=False)  # newer, and not this run's
+    run = tmp_path / "copy"
+    shutil.copytree(uninterrupted, run)
+    shutil.copy(other / "checkpoints" / "final.pt", run / "checkpoints" / "last.pt")
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"'{run / 'checkpoints' / 'last.pt'}' belongs to another run" in err
+    assert "train.seed: 5 there, 0 here" in err
+    assert main(["train", "--resume", str(run), "--iterations", "40"]) == 2
+    assert "belongs to another run" in capsys.readouterr().err
+    assert main(["evaluate", str(run / "checkpoints" / "last.pt"), "--out", str(tmp_path / "e")]) == 0  # by path
