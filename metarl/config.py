@@ -21,7 +21,8 @@ import yaml
 from metarl.errors import ConfigError
 from metarl.rundir import run_name_problem
 
-# What `metarl train --resume` may change: how the run is executed, never what it computes.
+# What `metarl train --resume` may change: how the run is executed, not what it computes (except the
+# last bits of some sums, for train.num_threads: `metarl.threads`).
 RESUMABLE_OVERRIDES = (
     "train.iterations",
     "train.num_threads",
@@ -131,7 +132,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     num_threads: int | None = None
-    """torch intra-op threads (null: torch's default, all cores)."""
+    """torch intra-op threads (null: this machine's CPU count, recorded in the run's config.yaml). The
+    count sets the last bits of some sums (`metarl.threads`): a run is bit-identical for the same
+    count, and resuming with another continues on a slightly different path."""
     checkpoint_every: int = 50
     """Write ``checkpoints/iter_<N>.pt`` every this many iterations (a killed run loses at most these)."""
     keep_checkpoints: int = 3

@@ -32,6 +32,7 @@ from metarl.memory import check_evaluation_memory
 from metarl.policies import make_policy
 from metarl.sampler import Sampler, concat_episodes, env_actions, with_task_features
 from metarl.tasks import TaskSplits, check_trusted_env, make_env, task_features, task_to_json
+from metarl.threads import on_evaluation_threads
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
@@ -57,6 +58,7 @@ class MetaPolicy:
         self.params = params if params is not None else detach(parameters_of(policy))
         self._action_space: gym.Space | None = None
 
+    @on_evaluation_threads
     def adapt(
         self,
         env: gym.Env | str,
@@ -117,6 +119,7 @@ class MetaPolicy:
         return self.config.train.algo == "oracle"
 
     @torch.no_grad()
+    @on_evaluation_threads
     def act(
         self,
         observation: Any,
@@ -332,6 +335,7 @@ def adaptation_curve(
     return returns
 
 
+@on_evaluation_threads
 def evaluate(
     path: str | Path,
     num_tasks: int | None = None,

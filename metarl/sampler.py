@@ -8,9 +8,8 @@ pre- and post-adaptation episodes of a whole meta-batch has no Python loop over 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -32,6 +31,7 @@ from metarl.tasks import (
     set_tasks,
     task_features,
 )
+from metarl.threads import torch_threads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +235,7 @@ class Sampler:
         """One episode in each of the E copies of every task, all in lockstep."""
         # The per-step policy forward is small; torch's idle threads would spin on the cores the
         # physics threads (or workers) need, so sampling runs torch on one thread.
-        with _torch_threads(1):
+        with torch_threads(1):
             return self._lockstep_episodes(policy, params, tasks)
 
     def _lockstep_episodes(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
@@ -284,16 +284,6 @@ class Sampler:
             envs.close()
         self._vector_envs.clear()
         self.env.close()
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def check_spaces(env: gym.Env) -> None:

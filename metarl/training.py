@@ -30,6 +30,7 @@ from metarl.policies import make_policy
 from metarl.rundir import RunDirectory, default_run_name, describe_os_error, resume_command
 from metarl.sampler import Sampler
 from metarl.tasks import TaskSplits, check_trusted_env, task_to_json
+from metarl.threads import available_cpus, torch_threads
 
 
 class Interrupted(KeyboardInterrupt):
@@ -114,6 +115,14 @@ def train(config: Config, progress: bool = True, overwrite: bool = False) -> Pat
     return _train(config, None, progress, overwrite=overwrite)
 
 
+def with_threads_resolved(config: Config) -> Config:
+    """`config` with ``train.num_threads`` set: null becomes this machine's CPU count, and the run
+    records it, since the count sets the last bits of its results (`metarl.threads`)."""
+    if config.train.num_threads is not None:
+        return config
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, num_threads=available_cpus()))
+
+
 def _train(
     config: Config,
     run: RunDirectory | None,
@@ -122,10 +131,16 @@ def _train(
     overwrite: bool = False,
 ) -> Path:
     """Train in `run` (a locked run directory being resumed from `resume_from`), or in a new one."""
+    config = with_threads_resolved(config)
+    with torch_threads(config.train.num_threads):
+        return _train_with(config, run, progress, resume_from, overwrite)
+
+
+def _train_with(
+    config: Config, run: RunDirectory | None, progress: bool, resume_from: dict[str, Any] | None, overwrite: bool
+) -> Path:
     # --- setup: seeds, environments, policy, held-out tasks, outer optimiser, logs
     torch.manual_seed(config.train.seed)
-    if config.train.num_threads is not None:
-        torch.set_num_threads(config.train.num_threads)
     inner, episodes_per_task = config.inner, config.inner.episodes_per_task
     if config.train.algo != "maml":
         # The baselines take no inner step; each iteration samples as many episodes per task as
