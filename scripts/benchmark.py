@@ -19,6 +19,13 @@ fresh child process where noted):
 
 It prints a table with the ratios sampler / limits and each phase's share, and writes JSON. A
 benchmark, not a test: the machine's load moves the numbers, so compare ratios taken in one run.
+
+    python scripts/benchmark.py experiments/navigation_2d.yaml --side-by-side [--iterations 8]
+
+measures instead how runs share the machine: ``metarl train`` alone, then two copies started
+together (as a researcher runs two seeds), with metarl's setting of idle OpenMP threads (they
+sleep) and with spinning threads (``OMP_WAIT_POLICY=ACTIVE``, torch's default before metarl set
+it); seconds per iteration (median after the first) and the slowdown of each run.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -242,6 +251,50 @@ def in_child_process(func: Any, *args: Any) -> Any:
         return json.loads(Path(path).read_text())
 
 
+def train_side_by_side(
+    config: str, overrides: list[str], iterations: int, copies: int, wait_policy: str
+) -> list[float]:
+    """Median seconds per iteration (after the first) of `copies` ``metarl train`` processes started together."""
+    with tempfile.TemporaryDirectory() as logdir:
+        command = [sys.executable, "-m", "metarl", "train", config, "--logdir", logdir, "--no-progress"]
+        command += ["--iterations", str(iterations), "--set", f"train.checkpoint_every={iterations + 1}"]
+        command += [x for o in overrides for x in ("--set", o)]
+        environment = {**os.environ, "OMP_WAIT_POLICY": wait_policy}
+        processes = [
+            subprocess.Popen([*command, "--run-name", f"run{i}"], env=environment, stdout=subprocess.DEVNULL)
+            for i in range(copies)
+        ]
+        if any(process.wait() for process in processes):
+            raise RuntimeError(f"a training run failed: {' '.join(command)}")
+        medians = []
+        for i in range(copies):
+            lines = (Path(logdir) / f"run{i}" / "metrics.jsonl").read_text().splitlines()
+            seconds = [json.loads(line)["time/iteration_s"] for line in lines][1:]
+            medians.append(statistics.median(seconds))
+        return medians
+
+
+def side_by_side(args: argparse.Namespace) -> None:
+    """One training alone and two at once, with sleeping and with spinning idle threads."""
+    print(f"{args.config}: metarl train alone and two at once, {args.iterations} iterations, {CORES} cores")
+    result: dict[str, Any] = {"config": args.config, "overrides": args.set, "cores": CORES, "runs": {}}
+    for policy, label in (("PASSIVE", "metarl (idle threads sleep)"), ("ACTIVE", "idle threads spin")):
+        alone = train_side_by_side(args.config, args.set, args.iterations, 1, policy)[0]
+        pair = train_side_by_side(args.config, args.set, args.iterations, 2, policy)
+        result["runs"][policy] = {"alone_s": alone, "two_at_once_s": pair, "slowdown": [t / alone for t in pair]}
+        print(
+            f"  {label:<28} alone {alone:6.2f} s/it   two at once {pair[0]:6.2f}, {pair[1]:6.2f} s/it   "
+            f"slowdown {max(pair) / alone:.2f}x"
+        )
+    runs = result["runs"]
+    result["single_run_passive_over_active"] = runs["PASSIVE"]["alone_s"] / runs["ACTIVE"]["alone_s"]
+    print(f"  one run alone, sleeping / spinning idle threads: {result['single_run_passive_over_active']:.2f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"\nwritten to {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config (its env id and sizes are benchmarked)")
@@ -249,7 +302,15 @@ def main() -> None:
     parser.add_argument("--env-steps", type=int, default=5_000, help="random-action steps for the env.step limit")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="measure only how runs share the machine: metarl train alone, then two at once",
+    )
     args = parser.parse_args()
+    if args.side_by_side:
+        side_by_side(args)
+        return
     warnings.filterwarnings("ignore", message="the task distribution has too few distinct tasks")
 
     config = load_config(args.config, args.set)

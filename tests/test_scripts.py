@@ -61,3 +61,14 @@ def test_plot_training_draws_the_curves_of_a_run(tmp_path):
     out = tmp_path / "training.png"
     run_script("plot_training.py", str(run), "--out", str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_side_by_side_times_one_run_and_two_at_once(tmp_path):
+    out = tmp_path / "side_by_side.json"
+    stdout = run_script("benchmark.py", SMOKE, "--side-by-side", "--iterations", "2", "--out", str(out))
+    result = json.loads(out.read_text())
+    for policy in ("PASSIVE", "ACTIVE"):
+        runs = result["runs"][policy]
+        assert runs["alone_s"] > 0 and len(runs["two_at_once_s"]) == 2
+        assert runs["slowdown"] == [t / runs["alone_s"] for t in runs["two_at_once_s"]]
+    assert "two at once" in stdout and "slowdown" in stdout
