@@ -25,11 +25,12 @@ from torch import nn
 
 from metarl.checkpoint import load_checkpoint
 from metarl.config import Config, config_from_dict
-from metarl.errors import CheckpointError, ConfigError, EnvError
+from metarl.errors import CheckpointError, ConfigError, EnvError, RunDirError
 from metarl.functional import Params, detach, distribution, parameters_of, per_task
 from metarl.maml import adapt, estimate_advantages
 from metarl.memory import check_evaluation_memory
 from metarl.policies import make_policy
+from metarl.rundir import describe_os_error
 from metarl.sampler import Sampler, concat_episodes, env_actions, with_task_features
 from metarl.tasks import TaskSplits, check_trusted_env, make_env, task_features, task_to_json
 from metarl.threads import on_evaluation_threads
@@ -474,7 +475,12 @@ def evaluate(
         out_dir = run_dir / ("eval" if split == "test" else f"eval_{split}")
     if tasks_file is not None:
         result.protocol["tasks_file"] = str(tasks_file)
-    result.save(Path(out_dir))
+    try:
+        result.save(Path(out_dir))
+    except OSError as error:
+        raise RunDirError(
+            f"cannot write the evaluation results to '{out_dir}': {describe_os_error(error)}; choose another --out"
+        ) from None
     result.protocol["out_dir"] = str(out_dir)
     if videos:
         from metarl.video import record_adaptation_videos

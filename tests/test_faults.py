@@ -407,3 +407,13 @@ def test_ctrl_c_during_start_up_is_an_interruption_not_a_traceback(tmp_path):
         _, err = process.communicate(timeout=60)
         assert "Traceback" not in err and "interrupted" in err
         assert process.returncode in (130, -signal.SIGINT)
+
+
+def test_an_unwritable_evaluation_directory_is_one_line(tmp_path, capsys):
+    assert main(_train(tmp_path, "train.iterations=1")) == 0
+    (tmp_path / "file").write_text("")
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "r"), "--out", str(tmp_path / "file" / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"metarl evaluate: error: cannot write the evaluation results to '{tmp_path / 'file'}")
+    assert "choose another --out" in err and len(err.strip().splitlines()) == 1
