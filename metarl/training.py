@@ -132,24 +132,18 @@ def _train(
 ) -> Path:
     """Train in `run` (a locked run directory being resumed from `resume_from`), or in a new one."""
     config = with_threads_resolved(config)
-    with torch_threads(config.train.num_threads):
-        return _train_with(config, run, progress, resume_from, overwrite)
-
-
-def _train_with(
-    config: Config, run: RunDirectory | None, progress: bool, resume_from: dict[str, Any] | None, overwrite: bool
-) -> Path:
-    # --- setup: seeds, environments, policy, held-out tasks, outer optimiser, logs
-    torch.manual_seed(config.train.seed)
     inner, episodes_per_task = config.inner, config.inner.episodes_per_task
     if config.train.algo != "maml":
         # The baselines take no inner step; each iteration samples as many episodes per task as
         # MAML's pre- and post-adaptation batches hold together.
         inner = dataclasses.replace(config.inner, steps=0)
         episodes_per_task *= config.inner.steps + 1
-    # first: a bad environment or a size that cannot fit leaves no run directory behind
-    sampler = Sampler.from_config(config, episodes_per_task)
-    try:
+    with contextlib.ExitStack() as cleanup:  # undone in reverse order, however training ends
+        cleanup.enter_context(torch_threads(config.train.num_threads))
+        torch.manual_seed(config.train.seed)
+        # first: a bad environment or a size that cannot fit leaves no run directory behind
+        sampler = Sampler.from_config(config, episodes_per_task)
+        cleanup.callback(sampler.close)
         check_training_memory(
             config, sampler.observation_space, sampler.action_space, sampler.horizon, episodes_per_task
         )
@@ -159,10 +153,8 @@ def _train_with(
             stamp = f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
             name = default_run_name(config.env.id, config.train.seed, stamp)
             run = RunDirectory.create(config.train.logdir, config.train.run_name, name, overwrite)
-        with run:  # unlocked when training ends, however it ends
-            return _train_in(run, config, sampler, policy, inner, progress, resume_from)
-    finally:
-        sampler.close()
+        cleanup.enter_context(run)  # the lock
+        return _train_in(run, config, sampler, policy, inner, progress, resume_from)
 
 
 def _check_precision(config: Config, policy: torch.nn.Module) -> None:
