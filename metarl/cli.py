@@ -421,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.func(args)
     except MetarlError as error:
         if args.debug:
+            if getattr(error, "details", ""):  # e.g. the tracebacks of worker processes
+                print(error.details, file=sys.stderr)
             raise
         print(f"metarl {args.command}: error: {error}", file=sys.stderr)
         return 2

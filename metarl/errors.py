@@ -41,4 +41,10 @@ class RunDirError(MetarlError):
 
 
 class WorkerError(MetarlError, RuntimeError):
-    """A worker process raised, died or stopped answering; the message names it, its copies and the cause."""
+    """A worker process raised, died or stopped answering; the message names it, its copies and the cause.
+
+    `details` holds the workers' own tracebacks (``metarl ... --debug`` prints them)."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details

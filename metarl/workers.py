@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import multiprocessing as mp
 import os
 import pickle
@@ -42,6 +43,9 @@ from metarl.tasks import make_env
 # Workers step with one thread each: they must not compete with each other or with the policy.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _CLOSE_TIMEOUT = 5.0  # seconds the workers get to exit after "close", before they are terminated
+# Seconds a worker may take to start Python and import its modules (a fresh install compiles them
+# first), before `timeout` applies to building each environment copy.
+_START_UP_GRACE = 60.0
 _BUFFERS = ("observations", "actions", "rewards", "terminated", "truncated")
 
 
@@ -240,8 +244,8 @@ class WorkerVectorEnv(VectorEnv):
 
     def _start(self) -> tuple[gym.Space, gym.Space]:
         """Wait for the workers' environments, then share the buffers with them."""
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
-        replies = self._gather("start-up", deadline)
+        deadline = None if self.timeout is None else time.monotonic() + max(self.timeout, _START_UP_GRACE)
+        replies = self._gather("start-up", deadline, progress_timeout=self.timeout)
         observation_space, action_space = replies[0]
         for index, (obs_space, act_space) in enumerate(replies):
             if obs_space != observation_space or act_space != action_space:
@@ -273,7 +277,7 @@ class WorkerVectorEnv(VectorEnv):
 
     def _check_open(self) -> None:
         if self.closed or not self._finalizer.alive:
-            cause = f" after an error:\n{self._failure}" if self._failure else ""
+            cause = f" after an error: {self._failure}" if self._failure else ""
             raise WorkerError(f"this WorkerVectorEnv is closed{cause}")
 
     def _command(self, command: str, payloads: Sequence[Any], fatal: bool = False, patient: bool = False) -> list[Any]:
@@ -293,57 +297,79 @@ class WorkerVectorEnv(VectorEnv):
             self.close()  # the workers' answers are left unread: the env cannot go on
             raise
 
-    def _gather(self, what: str, deadline: float | None, fatal: bool = True) -> list[Any]:
-        """Every worker's answer; raise a `WorkerError` when one fails, dies or misses the deadline."""
+    def _gather(
+        self, what: str, deadline: float | None, fatal: bool = True, progress_timeout: float | None = None
+    ) -> list[Any]:
+        """Every worker's answer; raise a `WorkerError` when one fails, dies or misses its deadline.
+
+        A worker may send ``("progress", n)`` before its answer (start-up: after its imports, then
+        after building each copy): that moves its deadline to `progress_timeout` seconds from then.
+        """
         answers: list[Any] = [None] * self.num_workers
         errors: list[tuple[int, str]] = []
+        details: list[str] = []
         dead = False
         pending = set(range(self.num_workers))
+        deadlines: dict[int, float | None] = dict.fromkeys(pending, deadline)
+        progress: dict[int, int] = dict.fromkeys(pending, -1)  # -1: not started; n: n copies built
         while pending:
             waiting_on = [self._conns[i] for i in pending] + [self._processes[i].sentinel for i in pending]
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            soonest = min((deadlines[i] for i in pending if deadlines[i] is not None), default=None)
+            remaining = None if soonest is None else max(0.0, soonest - time.monotonic())
             ready = set(wait(waiting_on, timeout=remaining))
             if not ready:
-                late = "did not finish building its environments" if what == "start-up" else f"did not answer '{what}'"
-                hint = (
-                    f" (env.worker_timeout); the environment {'constructor' if what == 'start-up' else 'call'} may "
-                    "hang, or needs longer: raise env.worker_timeout"
-                )
-                errors += [(i, f"{self._describe(i)} {late} within {self.timeout:g} s{hint}") for i in sorted(pending)]
+                late = [i for i in sorted(pending) if deadlines[i] is not None and deadlines[i] <= time.monotonic()]
+                if not late:  # woke a moment early
+                    continue
+                errors += [(i, self._late(i, what, progress[i])) for i in late]
                 dead = True
                 break
             for index in sorted(pending):
                 conn, process = self._conns[index], self._processes[index]
                 if conn not in ready and process.sentinel not in ready:
                     continue
-                pending.discard(index)
                 try:
                     status, payload = conn.recv() if conn.poll() else ("died", None)
                 except (EOFError, OSError):
                     status, payload = "died", None
+                if status == "progress":
+                    progress[index] = payload
+                    deadlines[index] = None if progress_timeout is None else time.monotonic() + progress_timeout
+                    continue
+                pending.discard(index)
                 if status == "ok":
                     answers[index] = payload
                 elif status == "error":
                     kind, message, remote_traceback = payload
-                    errors.append(
-                        (
-                            index,
-                            f"{self._describe(index)} raised {kind}: {message} (during '{what}')\n"
-                            f"--- traceback in the worker ---\n{remote_traceback.rstrip()}",
-                        )
-                    )
+                    errors.append((index, f"{self._describe(index)} raised {kind}: {message} (during '{what}')"))
+                    details.append(f"--- traceback in worker {index} ---\n{remote_traceback.rstrip()}")
                     dead = dead or what == "start-up"
                 else:
                     hint = " (its output, if any, is on stderr)" if what == "start-up" else ""
                     errors.append((index, f"{self._describe(index)} {self._death(process)} during '{what}'{hint}"))
                     dead = True
         if errors:
-            message = "\n".join(text for _, text in sorted(errors))
+            message = "; ".join(text for _, text in sorted(errors))
             if fatal or dead:
                 self._failure = message
                 self.close()
-            raise WorkerError(message)
+            raise WorkerError(message, details="\n".join(details))
         return answers
+
+    def _late(self, index: int, what: str, built: int) -> str:
+        """Why worker `index` missed its deadline, and what to do."""
+        if what != "start-up":
+            return (
+                f"{self._describe(index)} did not answer '{what}' within {self.timeout:g} s (env.worker_timeout); "
+                "the environment may hang, or needs longer: raise env.worker_timeout"
+            )
+        if built < 0:
+            return f"{self._describe(index)} did not start within {_START_UP_GRACE:g} s (starting Python and importing)"
+        return (
+            f"{self._describe(index)} did not finish building its environments within {self.timeout:g} s "
+            f"(env.worker_timeout, per environment copy; {built} built): the environment constructor may hang, or "
+            "needs longer: raise env.worker_timeout"
+        )
 
     def _describe(self, index: int) -> str:
         start, stop = self.slices[index]
@@ -423,7 +449,14 @@ def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection) -
     views: dict[str, np.ndarray] = {}
     try:
         try:
-            envs = SyncVectorEnv(env_fns, copy=False, autoreset_mode=AutoresetMode.NEXT_STEP)
+            conn.send(("progress", 0))  # started: the modules are imported
+            built = []
+            for env_fn in env_fns:  # one at a time, so that a constructor that hangs is caught
+                built.append(env_fn())
+                conn.send(("progress", len(built)))
+            envs = SyncVectorEnv(
+                [functools.partial(_built, env) for env in built], copy=False, autoreset_mode=AutoresetMode.NEXT_STEP
+            )
             conn.send(("ok", (envs.single_observation_space, envs.single_action_space)))
         except Exception as error:
             conn.send(("error", _remote_error(error)))
@@ -474,6 +507,11 @@ def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection) -
         if envs is not None:
             with contextlib.suppress(Exception):
                 envs.close()
+
+
+def _built(env: gym.Env) -> gym.Env:
+    """An environment factory for one that is already built."""
+    return env
 
 
 def _remote_error(error: BaseException) -> tuple[str, str, str]:

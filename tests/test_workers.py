@@ -144,11 +144,11 @@ def test_an_exception_in_step_is_reported_with_its_message_and_traceback():
     assert time.monotonic() - start < 10
     message = str(error.value)
     assert "worker 0 (copies 0-1," in message and "worker 1 (copy 2," in message
-    assert "ValueError: boom at step 2" in message
-    assert "in step" in message  # the remote traceback
+    assert "ValueError: boom at step 2" in message and "\n" not in message  # one line, for the CLI
+    assert "in step" in error.value.details  # the remote traceback
     # The copies are out of step after a failed step: the env is closed, and says why.
     assert envs.closed and no_children_left()
-    with pytest.raises(WorkerError, match="closed after an error:\n.*boom at step 2"):
+    with pytest.raises(WorkerError, match="closed after an error: .*boom at step 2"):
         envs.step(np.zeros((3, 2), np.float32))
 
 
@@ -193,3 +193,23 @@ def test_config_workers():
         assert sampler.workers == 2
     finally:
         sampler.close()
+
+
+class SlowToBuild(gym.Env):
+    """Takes `seconds` to construct: slower than the timeout in total, but not per copy."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+
+    def __init__(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def test_the_start_up_deadline_applies_to_each_copy_not_to_the_whole_slice():
+    # 4 copies of 0.6 s on one worker: 2.4 s in all, against a timeout of 1.5 s per answer or copy.
+    envs = WorkerVectorEnv([functools.partial(SlowToBuild, 0.6)] * 4, num_workers=1, timeout=1.5)
+    try:
+        assert envs.num_envs == 4
+    finally:
+        envs.close()
+    assert no_children_left()
