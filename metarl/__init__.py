@@ -36,13 +36,13 @@ _EXPORTS = {
     "MetaPolicy": "metarl.evaluation",
     "evaluate": "metarl.evaluation",
     "load": "metarl.evaluation",
-    "adapt": "metarl.maml",
-    "meta_step": "metarl.maml",
+    "InnerLoop": "metarl.inner",
+    "make_algorithm": "metarl.outer",
     "sample_meta_batch": "metarl.maml",
-    "Episodes": "metarl.sampler",
+    "Episodes": "metarl.episodes",
     "Sampler": "metarl.sampler",
     "TaskDistribution": "metarl.tasks",
-    "make_env": "metarl.tasks",
+    "make_env": "metarl.make",
     "resume": "metarl.training",
     "train": "metarl.training",
 }
@@ -56,13 +56,13 @@ __all__ = [
     "MetarlError",
     "Sampler",
     "TaskDistribution",
-    "adapt",
+    "InnerLoop",
     "config_from_dict",
     "evaluate",
     "load",
     "load_config",
     "make_env",
-    "meta_step",
+    "make_algorithm",
     "resume",
     "sample_meta_batch",
     "train",
@@ -83,9 +83,13 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from metarl.config import Config, config_from_dict, load_config
+    from metarl.episodes import Episodes
     from metarl.errors import ConfigError, MetarlError
     from metarl.evaluation import EvaluationResult, MetaPolicy, evaluate, load
-    from metarl.maml import adapt, meta_step, sample_meta_batch
-    from metarl.sampler import Episodes, Sampler
-    from metarl.tasks import TaskDistribution, make_env
+    from metarl.inner import InnerLoop
+    from metarl.make import make_env
+    from metarl.maml import sample_meta_batch
+    from metarl.outer import make_algorithm
+    from metarl.sampler import Sampler
+    from metarl.tasks import TaskDistribution
     from metarl.training import resume, train

@@ -46,7 +46,9 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.utils.env_checker import check_env
 
-from metarl.tasks import EnvError, make_env, task_to_json
+from metarl.errors import EnvError
+from metarl.make import make_env
+from metarl.tasks import task_to_json
 
 Status = Literal["pass", "fail", "skip"]
 

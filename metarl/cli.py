@@ -154,7 +154,8 @@ def _task_distribution_doc(cls: type) -> str:
 def _envs(args: argparse.Namespace) -> int:
     from gymnasium.envs.registration import registry
 
-    from metarl.tasks import ensure_registered, horizon_of, make_env
+    from metarl.make import make_env
+    from metarl.tasks import ensure_registered, horizon_of
 
     ensure_registered("MetaRL/Navigation2D-v0")
     for env_id in sorted(i for i in registry if i.startswith("MetaRL/")):
@@ -171,7 +172,7 @@ def _envs(args: argparse.Namespace) -> int:
 def _check_env(args: argparse.Namespace) -> int:
     from metarl.check import check_task_distribution, format_report
     from metarl.config import load_config
-    from metarl.tasks import make_env
+    from metarl.make import make_env
 
     if args.env is None and args.config is None:
         print("metarl check-env: error: give an environment id or --config FILE", file=sys.stderr)

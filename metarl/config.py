@@ -19,7 +19,9 @@ from typing import Any, Literal
 import yaml
 
 from metarl.errors import ConfigError
+from metarl.registry import OUTER_ALGORITHMS
 from metarl.rundir import run_name_problem
+from metarl.task_space import task_space_problems
 
 # What `metarl train --resume` may change: how the run is executed, not what it computes (except the
 # last bits of some sums, for train.num_threads: `metarl.threads`).
@@ -83,12 +85,20 @@ class InnerConfig:
     """Episodes per task per inner step (and for the post-adaptation sample)."""
     first_order: bool = False
     """Drop second derivatives through the inner update (first-order MAML)."""
+    estimator: Literal["reinforce", "lvc", "dice"] | None = None
+    """Inner objective: ``reinforce`` (the MAML paper's), ``lvc`` (ProMP's low-variance curvature) or
+    ``dice`` (unbiased second derivatives); null: the outer algorithm's (lvc for ProMP, reinforce
+    otherwise). See `metarl.inner`."""
+    learn_lr: bool = False
+    """Meta-SGD (Li et al. 2017): meta-learn one inner step size per parameter entry, starting at
+    ``lr``, together with θ."""
 
 
 @dataclasses.dataclass(frozen=True)
 class OuterConfig:
-    algo: Literal["trpo", "adam", "sgd"] = "trpo"
-    """Outer optimiser: MAML-TRPO as in the paper, or a plain gradient step on the post-adaptation loss."""
+    algo: str = "trpo"
+    """Outer algorithm: one of `metarl.registry.OUTER_ALGORITHMS` (``metarl train --help`` lists them):
+    trpo (MAML-TRPO, the paper's), adam, sgd, ppo (MAML-PPO), promp (ProMP)."""
     tasks_per_batch: int = 20
     """Tasks per meta-batch."""
     max_kl: float = 0.01
@@ -107,9 +117,20 @@ class OuterConfig:
     ls_max_steps: int = 15
     ls_backtrack_ratio: float = 0.8
     lr: float = 1e-3
-    """Adam/SGD: outer learning rate β."""
+    """Adam/SGD/PPO/ProMP: outer learning rate β."""
     max_grad_norm: float | None = None
-    """Adam/SGD: clip the meta-gradient to this norm (null: no clipping)."""
+    """Adam/SGD/PPO/ProMP: clip the meta-gradient to this norm (null: no clipping)."""
+    epochs: int = 5
+    """PPO/ProMP: Adam steps on one meta-batch, re-adapting through θ before each."""
+    clip: float = 0.3
+    """PPO/ProMP: clip range ε of the likelihood ratio (ProMP's MuJoCo script: 0.3; PPO's paper: 0.2)."""
+    kl_coef: float = 5e-4
+    """ProMP: coefficient η of the KL penalty between the sampling and the current pre-update policy
+    (initial value when adaptive)."""
+    kl_target: float = 0.01
+    """ProMP: target of that KL for the adaptive coefficient (halved below target/1.5, doubled above 1.5×target)."""
+    adaptive_kl: bool = False
+    """ProMP: adapt the coefficient after every meta-batch (ProMP's MuJoCo script keeps it fixed)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,6 +225,11 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | None]] = {
     "outer.ls_backtrack_ratio": (lambda v: 0 < v < 1, "in (0, 1)"),
     "outer.lr": (lambda v: v > 0, "positive"),
     "outer.max_grad_norm": (lambda v: v is None or v > 0, "positive or null"),
+    "outer.algo": (lambda v: v in OUTER_ALGORITHMS, f"one of {', '.join(OUTER_ALGORITHMS)}"),
+    "outer.epochs": (lambda v: v >= 1, "at least 1"),
+    "outer.clip": (lambda v: v > 0, "positive"),
+    "outer.kl_coef": (lambda v: v >= 0, "non-negative"),
+    "outer.kl_target": (lambda v: v > 0, "positive"),
     "advantages.gamma": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "advantages.gae_lambda": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "train.iterations": (lambda v: v >= 0, "non-negative"),
@@ -264,15 +290,22 @@ def _combination_problems(config: Config) -> list[str]:
             f"'inner.first_order' has no effect with train.algo={config.train.algo} (it takes no inner "
             "step); first-order MAML is train.algo=maml with inner.first_order=true"
         )
-    if config.outer.algo == "trpo" and config.outer.max_grad_norm is not None:
+    algorithm = OUTER_ALGORITHMS[config.outer.algo]
+    defaults = OuterConfig()
+    for field in dataclasses.fields(OuterConfig):
+        name = field.name
+        if name in ("algo", "tasks_per_batch") or name in algorithm.settings:
+            continue
+        if getattr(config.outer, name) != getattr(defaults, name):
+            users = [a for a, spec in OUTER_ALGORITHMS.items() if name in spec.settings]
+            problems.append(
+                f"'outer.{name}' is not used by outer.algo={config.outer.algo} (it is a setting of "
+                f"{', '.join(users)}); remove it, or choose one of those algorithms"
+            )
+    if config.inner.estimator == "dice" and config.outer.curvature_stride > 1:
         problems.append(
-            "'outer.max_grad_norm' clips Adam/SGD steps; TRPO bounds its step with outer.max_kl "
-            "(set outer.algo=adam, or remove outer.max_grad_norm)"
-        )
-    if config.outer.algo != "trpo" and config.outer.curvature_precision != "full":
-        problems.append(
-            f"'outer.curvature_precision' sets TRPO's curvature products; outer.algo={config.outer.algo} "
-            "takes a gradient step without them (set outer.algo=trpo, or remove outer.curvature_precision)"
+            "'outer.curvature_stride' keeps every n-th step, which breaks the episodes that the dice estimator "
+            "sums over (remove outer.curvature_stride, or choose inner.estimator=reinforce or lvc)"
         )
     return problems
 
@@ -391,8 +424,6 @@ def config_from_dict(data: Mapping[str, Any], overrides: Iterable[str] = ()) -> 
     extra, problems = parse_overrides(overrides)
     config = _build(Config, _merge(dict(data), extra), "", problems)
     if config.env.task_space is not None:
-        from metarl.task_space import task_space_problems
-
         problems += task_space_problems(config.env.task_space, "env.task_space")
     if not problems:
         problems += _combination_problems(config)

@@ -24,9 +24,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from metarl.episodes import Episodes
 from metarl.functional import Params
 from metarl.policies import GaussianMLPPolicy
-from metarl.sampler import Episodes
 
 Product = Callable[[list[Tensor]], list[Tensor]]
 

@@ -24,16 +24,18 @@ import yaml
 from torch import nn
 
 from metarl.checkpoint import load_checkpoint
-from metarl.config import Config, config_from_dict
+from metarl.config import AdvantageConfig, Config, config_from_dict
 from metarl.errors import CheckpointError, ConfigError, EnvError, RunDirError
 from metarl.functional import Params, detach, distribution, parameters_of, per_task
-from metarl.maml import adapt, estimate_advantages
+from metarl.inner import InnerLoop, LearnedStepSizes, estimate_advantages, step_size_summary
+from metarl.make import make_env
 from metarl.memory import check_evaluation_memory
 from metarl.policies import make_policy
 from metarl.rundir import describe_os_error
 from metarl.sampler import Sampler, concat_episodes, env_actions, with_task_features
-from metarl.tasks import TaskSplits, check_trusted_env, make_env, task_features, task_to_json
+from metarl.tasks import TaskSplits, check_trusted_env, task_features, task_to_json
 from metarl.threads import on_evaluation_threads
+from metarl.video import record_adaptation_videos
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
@@ -53,10 +55,16 @@ class MetaPolicy:
     """
 
     def __init__(
-        self, policy: nn.Module, config: Config, params: Params | None = None, checkpoint: dict[str, Any] | None = None
+        self,
+        policy: nn.Module,
+        config: Config,
+        params: Params | None = None,
+        checkpoint: dict[str, Any] | None = None,
+        inner: InnerLoop | None = None,
     ) -> None:
         self.policy, self.config, self.checkpoint = policy, config, checkpoint or {}
         self.params = params if params is not None else detach(parameters_of(policy))
+        self.inner = inner if inner is not None else InnerLoop.from_config(config)
         self._action_space: gym.Space | None = None
 
     @on_evaluation_threads
@@ -67,11 +75,13 @@ class MetaPolicy:
         steps: int = 1,
         lr: float | None = None,
         seed: int | None = None,
+        later_lr_scale: float = 1.0,
     ) -> MetaPolicy:
         """Run `episodes` episodes on `env` (default ``inner.episodes_per_task``), take an inner
-        policy-gradient step on them, and repeat `steps` times (0: no adaptation). `env` is an
-        environment instance (its current task is used, never read) or a Gymnasium id; its
-        observations and actions must be those the policy was trained on."""
+        policy-gradient step on them, and repeat `steps` times (0: no adaptation). The first step
+        has size `lr` (default: the run's α, learned ones included), later ones × `later_lr_scale`.
+        `env` is an environment instance (its current task is used, never read) or a Gymnasium id;
+        its observations and actions must be those the policy was trained on."""
         if self.observes_task:
             raise ValueError("an oracle policy is not adapted: it observes the task (act(observation, task=...))")
         episodes = self.config.inner.episodes_per_task if episodes is None else episodes
@@ -87,13 +97,14 @@ class MetaPolicy:
             env, self.config.env.horizon, policy_config.action_scaling, seed or 0, policy_config.action_bound
         )
         params = per_task(self.params, 1)
-        for _ in range(steps):
+        for k in range(steps):
             batch = concat_episodes([sampler.sample(self.policy, params, None) for _ in range(episodes)])
             batch = estimate_advantages(batch, self.config.advantages)
-            params = detach(
-                adapt(self.policy, params, [batch], lr if lr is not None else self.config.inner.lr, create_graph=False)
-            )
-        adapted = MetaPolicy(self.policy, self.config, {name: p[0] for name, p in params.items()}, self.checkpoint)
+            step_lr = self.inner.evaluation_lr(k, lr, later_lr_scale)
+            params = detach(self.inner.step(self.policy, params, batch, create_graph=False, lr=step_lr)[0])
+        adapted = MetaPolicy(
+            self.policy, self.config, {name: p[0] for name, p in params.items()}, self.checkpoint, self.inner
+        )
         adapted._action_space = env.action_space
         return adapted
 
@@ -194,7 +205,12 @@ def load(path: str | Path, trust_modules: Collection[str] = ()) -> MetaPolicy:
             f"{str(error).splitlines()[0]}"
         ) from None
     env.close()
-    return MetaPolicy(policy, config, checkpoint=checkpoint)
+    inner = InnerLoop.from_config(config)
+    if checkpoint.get("step_sizes") is not None:  # Meta-SGD: the learned step sizes
+        step_sizes = LearnedStepSizes(policy, config.inner.lr)
+        step_sizes.load_state_dict(checkpoint["step_sizes"])
+        inner = dataclasses.replace(inner, lr={name: a.detach() for name, a in step_sizes.as_params().items()})
+    return MetaPolicy(policy, config, checkpoint=checkpoint, inner=inner)
 
 
 @dataclasses.dataclass
@@ -314,25 +330,25 @@ class EvaluationResult:
 
 
 def adaptation_curve(
-    policy: nn.Module,
-    params: Params,
+    method: MetaPolicy,
     sampler: Sampler,
     tasks: Sequence[Any],
-    config: Config,
+    advantages: AdvantageConfig,
     adapt_steps: int,
-    lr: float,
+    lr: float | None,
     later_lr_scale: float,
 ) -> np.ndarray:
-    """Mean return per task after 0..K inner steps, each step on freshly sampled episodes."""
-    params = per_task(params, len(tasks))
+    """Mean return per task after 0..K inner steps, each step on freshly sampled episodes; step
+    sizes from `InnerLoop.evaluation_lr`."""
+    policy, params = method.policy, per_task(method.params, len(tasks))
     returns = np.zeros((len(tasks), adapt_steps + 1))
     for k in range(adapt_steps + 1):
         episodes = sampler.sample(policy, params, tasks)
         returns[:, k] = episodes.mean_returns.cpu().numpy()
         if k < adapt_steps:
-            step_lr = lr if k == 0 else lr * later_lr_scale
-            episodes = estimate_advantages(episodes, config.advantages)
-            params = detach(adapt(policy, params, [episodes], step_lr, create_graph=False))
+            episodes = estimate_advantages(episodes, advantages)
+            step_lr = method.inner.evaluation_lr(k, lr, later_lr_scale)
+            params = detach(method.inner.step(policy, params, episodes, create_graph=False, lr=step_lr)[0])
     return returns
 
 
@@ -437,7 +453,7 @@ def evaluate(
                 torch.manual_seed(protocol["seed"] + 1)
                 policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
                 method = methods[name] = MetaPolicy(policy, config)
-            lr = (baseline_lrs or {}).get(name, protocol["lr"])
+            lr = (baseline_lrs or {}).get(name, config.evaluation.lr)  # None: the method's own α
             # An oracle is evaluated as it is, without adaptation (as in the MAML paper).
             steps = 0 if method.observes_task else protocol["adapt_steps"]
             # Every method starts from the same random state (common random numbers): its numbers do
@@ -445,11 +461,10 @@ def evaluate(
             torch.manual_seed(protocol["seed"])
             sampler_for(method.observes_task).reseed(protocol["seed"])
             curve = adaptation_curve(
-                method.policy,
-                method.params,
+                method,
                 sampler_for(method.observes_task),
                 tasks,
-                config,
+                config.advantages,
                 steps,
                 lr,
                 protocol["later_lr_scale"],
@@ -459,9 +474,11 @@ def evaluate(
                 "checkpoint": method.checkpoint.get("path"),
                 "iteration": method.checkpoint.get("iteration"),
                 "algo": method.config.train.algo if method.checkpoint else "random init",
-                "lr": lr if not method.observes_task else None,
+                "lr": None if method.observes_task else (lr if lr is not None else _lr_name(method.inner)),
                 "adapted": not method.observes_task,
             }
+            if method.inner.learned:  # Meta-SGD: what the step sizes learned
+                protocol["methods"][name]["learned_lr"] = step_size_summary(method.inner.lr)
     finally:
         for each in samplers.values():
             each.close()
@@ -483,12 +500,14 @@ def evaluate(
         ) from None
     result.protocol["out_dir"] = str(out_dir)
     if videos:
-        from metarl.video import record_adaptation_videos
-
         result.protocol["videos"] = record_adaptation_videos(
             meta_policy, list(tasks)[:videos], Path(out_dir) / "videos", protocol
         )
     return result
+
+
+def _lr_name(inner: InnerLoop) -> float | str:
+    return "learned" if inner.learned else inner.lr
 
 
 def method_name(config: Config) -> str:

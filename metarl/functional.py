@@ -7,6 +7,8 @@ leading task dimension (one parameter set per task); the policies broadcast over
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
@@ -34,11 +36,15 @@ def detach(params: Params) -> Params:
     return {name: p.detach() for name, p in params.items()}
 
 
-def sgd_step(loss: Tensor, params: Params, lr: float, *, create_graph: bool) -> Params:
-    """θ' = θ - lr ∇θ loss, as new tensors.
+def flat(tensors: Sequence[Tensor]) -> Tensor:
+    """Concatenate tensors into one vector."""
+    return torch.cat([t.reshape(-1) for t in tensors])
 
-    With ``create_graph=True`` θ' stays a differentiable function of θ (second-order MAML);
-    otherwise the gradient is a constant and ∂θ'/∂θ = I (first-order MAML).
-    """
-    grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
-    return {name: p - lr * g for (name, p), g in zip(params.items(), grads, strict=True)}
+
+def assign(tensors: Sequence[Tensor], vector: Tensor) -> None:
+    """Copy consecutive pieces of `vector` into `tensors` in place (the inverse of `flat`)."""
+    with torch.no_grad():
+        offset = 0
+        for t in tensors:
+            t.copy_(vector[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()

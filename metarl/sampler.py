@@ -8,7 +8,6 @@ pre- and post-adaptation episodes of a whole meta-batch has no Python loop over 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,49 +19,12 @@ from gymnasium.vector import VectorEnv
 from torch import Tensor, nn
 
 from metarl.config import Config
+from metarl.episodes import FIELDS, Episodes, concat_episodes, first_episodes_within, stack_tasks
 from metarl.errors import EnvError, NonFiniteError
 from metarl.functional import Params, distribution, per_task
-from metarl.tasks import (
-    environment_errors,
-    horizon_of,
-    make_env,
-    make_vector_env,
-    sample_tasks,
-    set_tasks,
-    task_features,
-)
+from metarl.make import make_env, make_vector_env
+from metarl.tasks import environment_errors, horizon_of, sample_tasks, set_tasks, task_features
 from metarl.threads import torch_threads
-
-
-@dataclasses.dataclass(frozen=True)
-class Episodes:
-    """A batch of episodes for B tasks × E episodes × T steps (task-major, time last).
-
-    Steps after an episode ended are padding: `mask` is 0 there and rewards are 0.
-    """
-
-    observations: Tensor  # [B, E, T, obs_dim]
-    actions: Tensor  # [B, E, T, act_dim] (continuous) or [B, E, T] (discrete)
-    rewards: Tensor  # [B, E, T]
-    mask: Tensor  # [B, E, T], 1 on steps that belong to the episode
-    log_probs: Tensor  # [B, E, T], log π(a|s) under the policy that sampled the actions
-    advantages: Tensor | None = None  # [B, E, T], filled in by `maml.estimate_advantages`
-
-    @property
-    def returns(self) -> Tensor:
-        """Undiscounted return of every episode, ``[B, E]`` (0 for padding rows)."""
-        return (self.rewards * self.mask).sum(-1)
-
-    @property
-    def mean_returns(self) -> Tensor:
-        """Mean undiscounted episode return of every task, ``[B]``; padding rows do not count."""
-        episodes = self.mask[..., 0]
-        return (self.returns * episodes).sum(-1) / episodes.sum(-1).clamp(min=1)
-
-    @property
-    def num_steps(self) -> int:
-        """Environment steps in the batch (padding excluded)."""
-        return int(self.mask.sum().item())
 
 
 def env_actions(actions: np.ndarray, space: gym.Space, scaling: str, bound: float = 1.0) -> np.ndarray:
@@ -225,10 +187,10 @@ class Sampler:
             index = torch.as_tensor(active)
             batch = self._sample_episodes(policy, {k: v[index] for k, v in params.items()}, [tasks[i] for i in active])
             for row, task in enumerate(active):
-                rounds[task].append(Episodes(**{f: getattr(batch, f)[row : row + 1] for f in _FIELDS}))
+                rounds[task].append(Episodes(**{f: getattr(batch, f)[row : row + 1] for f in FIELDS}))
             steps[active] += batch.mask.sum((1, 2)).cpu().numpy()
             active = active[steps[active] < budget]
-        return stack_tasks([_first_episodes_within(concat_episodes(task_rounds), budget) for task_rounds in rounds])
+        return stack_tasks([first_episodes_within(concat_episodes(task_rounds), budget) for task_rounds in rounds])
 
     @torch.no_grad()
     def _sample_episodes(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
@@ -310,62 +272,6 @@ def with_task_features(space: gym.Space, env: gym.Env) -> spaces.Box:
     low = np.concatenate([space.low, np.full(size, -np.inf)]).astype(np.float32)
     high = np.concatenate([space.high, np.full(size, np.inf)]).astype(np.float32)
     return spaces.Box(low, high, dtype=np.float32)
-
-
-def concat_episodes(batches: Sequence[Episodes]) -> Episodes:
-    """Join batches along the episode dimension, padding shorter ones in time (mask 0)."""
-    horizon = max(b.rewards.shape[-1] for b in batches)
-    return Episodes(**{f: torch.cat([_pad(getattr(b, f), 2, horizon) for b in batches], dim=1) for f in _FIELDS})
-
-
-def pack_steps(episodes: Episodes) -> Episodes:
-    """All valid steps of each task in one row, ``[B, 1, N]`` with N the largest count over tasks.
-
-    The losses need no time structure once advantages are computed, so this drops the padding
-    that episodes ending early (or a step budget with many short episodes) leave behind.
-    """
-    num_tasks = episodes.mask.shape[0]
-    flat_mask = episodes.mask.reshape(num_tasks, -1)
-    length = int(flat_mask.sum(1).max().item())
-    # A stable sort puts each task's valid steps first, in their original order.
-    order = torch.argsort(flat_mask, dim=1, descending=True, stable=True)[:, :length]
-    rows = torch.arange(num_tasks, device=order.device)[:, None]
-
-    def gather(x: Tensor | None) -> Tensor | None:
-        if x is None:
-            return None
-        return x.reshape(num_tasks, -1, *x.shape[3:])[rows, order].unsqueeze(1)
-
-    return Episodes(**{f.name: gather(getattr(episodes, f.name)) for f in dataclasses.fields(Episodes)})
-
-
-def stack_tasks(batches: Sequence[Episodes]) -> Episodes:
-    """Join one-task batches along the task dimension, padding episodes and time (mask 0)."""
-    horizon = max(b.rewards.shape[-1] for b in batches)
-    rows = max(b.rewards.shape[1] for b in batches)
-    return Episodes(
-        **{f: torch.cat([_pad(_pad(getattr(b, f), 2, horizon), 1, rows) for b in batches], dim=0) for f in _FIELDS}
-    )
-
-
-def _first_episodes_within(episodes: Episodes, budget: int) -> Episodes:
-    """The episodes (of one task) that started before `budget` steps had been collected."""
-    lengths = episodes.mask[0].sum(-1)
-    keep = (torch.cumsum(lengths, 0) - lengths) < budget
-    return Episodes(**{f: getattr(episodes, f)[:, keep] for f in _FIELDS})
-
-
-def _pad(x: Tensor, dim: int, size: int) -> Tensor:
-    """Zero-pad `x` along `dim` to `size`."""
-    missing = size - x.shape[dim]
-    if missing == 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = missing
-    return torch.cat([x, x.new_zeros(shape)], dim=dim)
-
-
-_FIELDS = ("observations", "actions", "rewards", "mask", "log_probs")
 
 
 def _check_finite(values: np.ndarray, what: str, tasks: Sequence[Any] | None, num_episodes: int) -> None:

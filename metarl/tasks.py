@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
-import inspect
 import json
 import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
@@ -34,8 +33,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.envs.registration import load_env_creator, registry
-from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.envs.registration import registry
+from gymnasium.vector import VectorEnv
 
 from metarl.errors import CheckpointError, EnvError, MetarlError
 
@@ -126,33 +125,6 @@ def check_trusted_env(env_id: str, trusted: Collection[str], source: str) -> Non
     )
 
 
-def make_env(
-    env_id: str,
-    kwargs: Mapping[str, Any] | None = None,
-    horizon: int | None = None,
-    task_space: Mapping[str, Any] | None = None,
-    check: bool = True,
-) -> gym.Env:
-    """``gymnasium.make`` for a task distribution (a horizon overrides ``max_episode_steps``).
-
-    With a `task_space` (the ``env.task_space`` mapping of a config) the environment is wrapped in
-    `metarl.task_space.TaskSpaceEnv`, which makes any environment a task distribution; `check`
-    validates the task space against the built environment (`metarl.config.ConfigError`).
-    """
-    ensure_registered(env_id)
-    if task_space is not None:
-        from metarl.task_space import TaskSpaceEnv
-
-        return TaskSpaceEnv(env_id, kwargs, horizon, task_space, check=check)
-    extra = {"max_episode_steps": horizon} if horizon is not None else {}
-    with environment_errors(f"creating '{env_id}'"):
-        env = gym.make(env_id, **dict(kwargs or {}), **extra)
-    if not isinstance(env.unwrapped, gym.Env):
-        made = type(env.unwrapped).__name__
-        raise EnvError(f"'{env_id}' is not an environment: it made a {made}, not a gymnasium.Env")
-    return env
-
-
 @contextlib.contextmanager
 def environment_errors(doing: str) -> Iterator[None]:
     """Report an exception raised by environment code as an `EnvError` naming what was being done.
@@ -170,55 +142,6 @@ def environment_errors(doing: str) -> Iterator[None]:
             f"the environment raised {type(error).__name__} while {doing}: {first_line}. Fix the environment "
             "(`metarl check-env ID` tests it), or its settings in the config"
         ) from error
-
-
-def make_vector_env(
-    env_id: str,
-    num_envs: int,
-    kwargs: Mapping[str, Any] | None = None,
-    horizon: int | None = None,
-    workers: int | None = None,
-    task_space: Mapping[str, Any] | None = None,
-    worker_timeout: float | None = None,
-) -> VectorEnv:
-    """``gymnasium.make_vec``: the id's own batched implementation when it registers one, else sync.
-
-    `workers`: a batched implementation that takes ``num_threads`` runs its physics on that many
-    threads (None: its default). Other ids step their copies in that many processes when
-    ``workers > 1`` (`metarl.workers.WorkerVectorEnv`, same results as sync).
-    `task_space`: copies of `make_env`'s task-space wrapper (never the id's batched implementation),
-    in a next-step-autoreset ``SyncVectorEnv``, or in worker processes when ``workers > 1``.
-    `worker_timeout`: seconds a worker process may take to answer before it is an error.
-    """
-    ensure_registered(env_id)
-    if task_space is not None:
-        from metarl.workers import WorkerVectorEnv, env_factory
-
-        factory = env_factory(env_id, kwargs, horizon, task_space)
-        if workers is not None and workers > 1:
-            return WorkerVectorEnv([factory] * num_envs, min(workers, num_envs), timeout=worker_timeout)
-        return SyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
-    spec = registry.get(env_id)
-    batched = spec is not None and spec.vector_entry_point is not None
-    extra: dict[str, Any] = {"max_episode_steps": horizon} if horizon is not None else {}
-    if batched and workers is not None and _accepts(spec.vector_entry_point, "num_threads"):
-        extra["num_threads"] = workers
-    elif not batched and workers is not None and workers > 1:
-        from metarl.workers import WorkerVectorEnv, env_factory
-
-        factory = env_factory(env_id, kwargs, horizon)
-        return WorkerVectorEnv([factory] * num_envs, min(workers, num_envs), timeout=worker_timeout)
-    return gym.make_vec(env_id, num_envs=num_envs, **dict(kwargs or {}), **extra)
-
-
-def _accepts(entry_point: Any, argument: str) -> bool:
-    if isinstance(entry_point, str):
-        entry_point = load_env_creator(entry_point)
-    try:
-        parameters = inspect.signature(entry_point).parameters
-    except (TypeError, ValueError):
-        return False
-    return argument in parameters
 
 
 def horizon_of(env: gym.Env, override: int | None = None) -> int:

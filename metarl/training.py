@@ -1,4 +1,10 @@
-"""Meta-training: the outer loop of MAML, top to bottom, and resuming it exactly."""
+"""Meta-training: the outer loop of MAML, top to bottom, and resuming it exactly.
+
+`build_training` sets a run up from its config (seeds, environments, policy, inner loop, outer
+algorithm, task splits); `training_iteration` is one meta-iteration (Alg. 3, lines 3–10), the
+same for `train` and for the scripts that time or inspect training; `train` and `resume` add the
+run directory, logs, checkpoints and interruption handling around them.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +25,14 @@ import torch
 import yaml
 
 from metarl.checkpoint import CheckpointKeeper, latest_checkpoint
-from metarl.config import RESUMABLE_OVERRIDES, Config, InnerConfig, config_from_dict
+from metarl.config import RESUMABLE_OVERRIDES, Config, config_from_dict
 from metarl.curvature import has_fast_bfloat16, supports_fast_curvature
 from metarl.errors import CheckpointError, ConfigError, NonFiniteError, RunDirError
-from metarl.functional import parameters_of
+from metarl.inner import InnerLoop, LearnedStepSizes
 from metarl.logger import RunLogger
-from metarl.maml import MetaBatch, meta_step, sample_meta_batch
+from metarl.maml import MetaBatch, sample_meta_batch
 from metarl.memory import check_training_memory
+from metarl.outer import OuterAlgorithm, make_algorithm
 from metarl.policies import make_policy
 from metarl.rundir import RunDirectory, default_run_name, describe_os_error, resume_command
 from metarl.sampler import Sampler
@@ -37,47 +44,34 @@ class Interrupted(KeyboardInterrupt):
     """Training was stopped by a signal (Ctrl-C or SIGTERM) after its state was saved."""
 
 
-def iteration_metrics(batch: MetaBatch, stats: dict[str, float], policy: torch.nn.Module) -> dict[str, float]:
-    """What a researcher watches: returns before and after adaptation, losses, KL, timings."""
-    returns = [task_returns.mean().item() for task_returns in batch.returns]
-    metrics = {
-        "returns/pre_adaptation": returns[0],
-        "returns/post_adaptation": returns[-1],
-        "returns/adaptation_gain": returns[-1] - returns[0],
-    }
-    if len(returns) > 2:
-        metrics.update({f"returns/after_step_{k}": r for k, r in enumerate(returns[1:], start=1)})
-    if hasattr(policy, "log_std"):
-        metrics["policy/std"] = policy.log_std.exp().mean().item()
-    metrics.update(stats)
-    metrics["optim/skipped_batch"] = 0.0  # 1 on iterations whose meta-batch was dropped (train.on_nonfinite: skip)
-    metrics["time/batch_env_steps"] = float(sum(e.num_steps for e in (*batch.inner, batch.outer)))
-    return metrics
-
-
 @dataclasses.dataclass
 class TrainingState:
     """Everything that changes from one meta-iteration to the next; a checkpoint holds all of it,
     so a resumed run continues exactly as an uninterrupted one would."""
 
+    config: Config
     policy: torch.nn.Module
-    optimizer: torch.optim.Optimizer | None
+    inner: InnerLoop
+    step_sizes: LearnedStepSizes | None  # Meta-SGD's learned α, when inner.learn_lr
+    algorithm: OuterAlgorithm
     splits: TaskSplits
     sampler: Sampler
+    inner_steps: int  # inner.steps for MAML; 0 for the pretrain and oracle baselines
     iteration: int = 0
     env_steps: int = 0
     best_return: float = float("-inf")
 
-    def payload(self, config: Config) -> dict[str, Any]:
+    def payload(self) -> dict[str, Any]:
         """The checkpoint of this state, copied so that later training does not change it."""
         return copy.deepcopy(
             {
-                "config": config.to_dict(),
+                "config": self.config.to_dict(),
                 "iteration": self.iteration,
                 "env_steps": self.env_steps,
                 "best_return": self.best_return,
                 "policy": self.policy.state_dict(),
-                "optimizer": self.optimizer.state_dict() if self.optimizer is not None else None,
+                "step_sizes": self.step_sizes.state_dict() if self.step_sizes is not None else None,
+                "outer": self.algorithm.state_dict(),
                 "observation_shape": list(self.sampler.observation_space.shape),
                 "action_space": repr(self.sampler.action_space),
                 "rng": {
@@ -89,10 +83,14 @@ class TrainingState:
         )
 
     def rewind_parameters(self, payload: dict[str, Any]) -> None:
-        """Back to a checkpoint's θ and optimiser state (random states and counters go on)."""
+        """Back to a checkpoint's meta-parameters and outer-algorithm state (random states and counters go on)."""
         self.policy.load_state_dict(payload["policy"])
-        if self.optimizer is not None:
-            self.optimizer.load_state_dict(payload["optimizer"])
+        if self.step_sizes is not None:
+            self.step_sizes.load_state_dict(payload["step_sizes"])
+        outer = payload.get("outer")
+        if outer is None:  # a checkpoint from before the outer algorithms had their own state
+            outer = {"optimizer": payload["optimizer"]} if payload.get("optimizer") is not None else {}
+        self.algorithm.load_state_dict(outer)
 
     def restore(self, payload: dict[str, Any]) -> None:
         """Return to the state of a checkpoint of this run."""
@@ -102,6 +100,91 @@ class TrainingState:
         torch.set_rng_state(payload["rng"]["torch"])
         self.splits.set_state(payload["rng"]["tasks"])
         self.sampler.rng.bit_generator.state = payload["rng"]["sampler"]
+
+
+def build_training(config: Config) -> TrainingState:
+    """Seed, environments, policy, inner loop, outer algorithm and task splits of a run, before its
+    first iteration. Raises `ConfigError` for a run that cannot fit in memory. The caller closes
+    ``state.sampler``."""
+    torch.manual_seed(config.train.seed)
+    inner_steps, episodes_per_task = config.inner.steps, config.inner.episodes_per_task
+    if config.train.algo != "maml":
+        # The baselines take no inner step; each iteration samples as many episodes per task as
+        # MAML's pre- and post-adaptation batches hold together.
+        inner_steps, episodes_per_task = 0, episodes_per_task * (config.inner.steps + 1)
+    sampler = Sampler.from_config(config, episodes_per_task)
+    try:
+        check_training_memory(
+            config, sampler.observation_space, sampler.action_space, sampler.horizon, episodes_per_task
+        )
+        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy).to(config.train.device)
+        _check_precision(config, policy)
+        step_sizes = LearnedStepSizes(policy, config.inner.lr) if config.inner.learn_lr else None
+        inner = InnerLoop.from_config(config, step_sizes)
+        splits = TaskSplits(sampler.env, config.train.seed, config.evaluation.seed, config.evaluation.num_tasks)
+        algorithm = make_algorithm(policy, inner, config.outer)
+    except BaseException:
+        sampler.close()
+        raise
+    return TrainingState(config, policy, inner, step_sizes, algorithm, splits, sampler, inner_steps)
+
+
+def training_iteration(
+    state: TrainingState, inspect: Callable[[MetaBatch], None] | None = None
+) -> tuple[MetaBatch, dict[str, float]]:
+    """One meta-iteration (Alg. 3, lines 3–10); returns the meta-batch and what a researcher watches.
+
+    `inspect` sees the meta-batch before the outer step (scripts that compare outer steps).
+    Raises `NonFiniteError` where a NaN or infinity arises; the state then holds the parameters of
+    a half-done step, which the caller rewinds.
+    """
+    config, start = state.config, time.perf_counter()
+    # --- line 3: sample a batch of training tasks (never a held-out test task)
+    tasks = state.splits.sample_train(config.outer.tasks_per_batch)
+    # --- lines 4-8: pre-adaptation episodes, inner step, post-adaptation episodes
+    #     (pretrain and oracle: no inner step, the outer step is on θ's own episodes)
+    batch = sample_meta_batch(state.sampler, state.policy, tasks, state.inner, config.advantages, state.inner_steps)
+    if inspect is not None:
+        inspect(batch)
+    # --- line 10: outer update of θ (and learned step sizes) from the post-adaptation returns
+    outer_start = time.perf_counter()
+    stats = state.algorithm.step(batch)
+    end = time.perf_counter()
+    steps = sum(e.num_steps for e in (*batch.inner, batch.outer))
+    state.env_steps += steps
+    metrics = iteration_metrics(batch, stats, state)
+    metrics.update(
+        {
+            "time/env_steps": float(state.env_steps),
+            "time/env_steps_per_s": steps / max(batch.timings["sample_s"], 1e-9),
+            "time/sample_s": batch.timings["sample_s"],
+            "time/advantages_s": batch.timings["advantages_s"],
+            "time/adapt_s": batch.timings["adapt_s"],
+            "time/outer_s": end - outer_start,
+            "time/iteration_s": end - start,
+        }
+    )
+    return batch, metrics
+
+
+def iteration_metrics(batch: MetaBatch, stats: dict[str, float], state: TrainingState) -> dict[str, float]:
+    """Returns before and after adaptation, the outer algorithm's statistics, the policy's spread."""
+    returns = [task_returns.mean().item() for task_returns in batch.returns]
+    metrics = {
+        "returns/pre_adaptation": returns[0],
+        "returns/post_adaptation": returns[-1],
+        "returns/adaptation_gain": returns[-1] - returns[0],
+    }
+    if len(returns) > 2:
+        metrics.update({f"returns/after_step_{k}": r for k, r in enumerate(returns[1:], start=1)})
+    if hasattr(state.policy, "log_std"):
+        metrics["policy/std"] = state.policy.log_std.exp().mean().item()
+    if state.step_sizes is not None:
+        summary = state.step_sizes.summary()
+        metrics.update({f"inner_lr/{k}": summary[k] for k in ("mean", "std", "min", "max")})
+    metrics.update(stats)
+    metrics["optim/skipped_batch"] = 0.0  # 1 on iterations whose meta-batch was dropped (train.on_nonfinite: skip)
+    return metrics
 
 
 def train(config: Config, progress: bool = True, overwrite: bool = False) -> Path:
@@ -132,29 +215,17 @@ def _train(
 ) -> Path:
     """Train in `run` (a locked run directory being resumed from `resume_from`), or in a new one."""
     config = with_threads_resolved(config)
-    inner, episodes_per_task = config.inner, config.inner.episodes_per_task
-    if config.train.algo != "maml":
-        # The baselines take no inner step; each iteration samples as many episodes per task as
-        # MAML's pre- and post-adaptation batches hold together.
-        inner = dataclasses.replace(config.inner, steps=0)
-        episodes_per_task *= config.inner.steps + 1
     with contextlib.ExitStack() as cleanup:  # undone in reverse order, however training ends
         cleanup.enter_context(torch_threads(config.train.num_threads))
-        torch.manual_seed(config.train.seed)
         # first: a bad environment or a size that cannot fit leaves no run directory behind
-        sampler = Sampler.from_config(config, episodes_per_task)
-        cleanup.callback(sampler.close)
-        check_training_memory(
-            config, sampler.observation_space, sampler.action_space, sampler.horizon, episodes_per_task
-        )
-        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy).to(config.train.device)
-        _check_precision(config, policy)
+        state = build_training(config)
+        cleanup.callback(state.sampler.close)
         if run is None:
             stamp = f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
             name = default_run_name(config.env.id, config.train.seed, stamp)
             run = RunDirectory.create(config.train.logdir, config.train.run_name, name, overwrite)
         cleanup.enter_context(run)  # the lock
-        return _train_in(run, config, sampler, policy, inner, progress, resume_from)
+        return _train_in(run, state, progress, resume_from)
 
 
 def _check_precision(config: Config, policy: torch.nn.Module) -> None:
@@ -176,27 +247,12 @@ def _check_precision(config: Config, policy: torch.nn.Module) -> None:
         )
 
 
-def _train_in(
-    run: RunDirectory,
-    config: Config,
-    sampler: Sampler,
-    policy: torch.nn.Module,
-    inner: InnerConfig,
-    progress: bool,
-    resume_from: dict[str, Any] | None,
-) -> Path:
+def _train_in(run: RunDirectory, state: TrainingState, progress: bool, resume_from: dict[str, Any] | None) -> Path:
     """The training loop proper, in a locked run directory."""
-    run_dir = run.path
+    config, run_dir = state.config, run.path
     run.remove_stale_temporary_files()
     run.write_text("config.yaml", config.to_yaml())
-    splits = TaskSplits(sampler.env, config.train.seed, config.evaluation.seed, config.evaluation.num_tasks)
-    run.write_text("test_tasks.json", json.dumps([task_to_json(t) for t in splits.test], indent=1))
-    optimizer = None
-    if config.outer.algo == "adam":
-        optimizer = torch.optim.Adam(parameters_of(policy).values(), lr=config.outer.lr)
-    elif config.outer.algo == "sgd":
-        optimizer = torch.optim.SGD(parameters_of(policy).values(), lr=config.outer.lr)
-    state = TrainingState(policy, optimizer, splits, sampler)
+    run.write_text("test_tasks.json", json.dumps([task_to_json(t) for t in state.splits.test], indent=1))
     if resume_from is not None:
         state.restore(resume_from)
     try:
@@ -207,24 +263,15 @@ def _train_in(
     checkpoints = CheckpointKeeper(
         run_dir / "checkpoints", config.train.checkpoint_every, config.train.keep_checkpoints, newest=resumed_from
     )
-    completed = state.payload(config)  # the last finished iteration
+    completed = state.payload()  # the last finished iteration
     log_s = 0.0
     signals = _StopSignals()
 
     try:
         with signals.installed():
             for iteration in range(state.iteration + 1, config.train.iterations + 1):
-                start = time.perf_counter()
                 try:
-                    # --- Alg. 3 line 3: sample a batch of training tasks (never a held-out test task)
-                    tasks = splits.sample_train(config.outer.tasks_per_batch)
-                    # --- lines 4-8: pre-adaptation episodes, inner step, post-adaptation episodes
-                    #     (pretrain and oracle: no inner step, the outer step is on θ's own episodes)
-                    batch = sample_meta_batch(sampler, policy, tasks, inner, config.advantages)
-                    # --- line 10: outer update of θ from the post-adaptation returns
-                    outer_start = time.perf_counter()
-                    stats = meta_step(policy, batch, inner, config.outer, optimizer)
-                    end = time.perf_counter()
+                    batch, metrics = training_iteration(state)
                 except NonFiniteError as error:
                     if config.train.on_nonfinite == "stop":
                         raise NonFiniteError(f"iteration {iteration}: {error}") from None
@@ -232,36 +279,21 @@ def _train_in(
                         state.rewind_parameters(completed)  # skip: on from the last good θ
                         state.iteration = iteration
                         logger.skipped(iteration, f"skipped meta-batch of iteration {iteration}: {error}")
-                        completed = state.payload(config)
+                        completed = state.payload()
                         checkpoints.iteration_done(completed)
                     continue
-
-                metrics = iteration_metrics(batch, stats, policy)
-                state.env_steps += int(metrics.pop("time/batch_env_steps"))
-                metrics.update(
-                    {
-                        "time/env_steps": float(state.env_steps),
-                        "time/env_steps_per_s": sum(e.num_steps for e in (*batch.inner, batch.outer))
-                        / max(batch.timings["sample_s"], 1e-9),
-                        "time/sample_s": batch.timings["sample_s"],
-                        "time/advantages_s": batch.timings["advantages_s"],
-                        "time/adapt_s": batch.timings["adapt_s"],
-                        "time/outer_s": end - outer_start,
-                        "time/iteration_s": end - start,
-                        "time/previous_log_s": log_s,  # logging and checkpointing of the iteration before
-                    }
-                )
+                metrics["time/previous_log_s"] = log_s  # logging and checkpointing of the iteration before
                 log_start = time.perf_counter()
                 with signals.deferred():
-                    logger.log(iteration, metrics, [task_to_json(task) for task in tasks])
+                    logger.log(iteration, metrics, [task_to_json(task) for task in batch.tasks])
                     # This iteration's post-adaptation return measured θ of the iteration before.
                     if metrics["returns/post_adaptation"] > state.best_return:
                         state.best_return = metrics["returns/post_adaptation"]
                         checkpoints.best({**completed, "best_return": state.best_return})
                     state.iteration = iteration
-                    completed = state.payload(config)
+                    completed = state.payload()
                     checkpoints.iteration_done(completed)
-                del batch, stats  # free this meta-batch's episodes before sampling the next one
+                del batch  # free this meta-batch's episodes before sampling the next one
                 log_s = time.perf_counter() - log_start
         checkpoints.final(completed)
     except BaseException as error:

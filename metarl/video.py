@@ -10,15 +10,27 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gymnasium as gym
+import numpy as np
 from gymnasium.wrappers import RecordVideo
 
-from metarl.tasks import make_env
+from metarl.config import Config
+from metarl.make import make_env
 
-if TYPE_CHECKING:
-    from metarl.evaluation import MetaPolicy
+
+class AdaptablePolicy(Protocol):
+    """What a video needs of a policy (`metarl.evaluation.MetaPolicy` is one)."""
+
+    config: Config
+    observes_task: bool
+
+    def adapt(
+        self, env: gym.Env, episodes: int, steps: int, lr: float | None, seed: int, later_lr_scale: float
+    ) -> Any: ...
+
+    def act(self, observation: Any, action_space: gym.Space | None = None, task: Any = None) -> np.ndarray: ...
 
 
 class VideoUnavailable(RuntimeError):
@@ -26,7 +38,7 @@ class VideoUnavailable(RuntimeError):
 
 
 def record_adaptation_videos(
-    meta_policy: MetaPolicy, tasks: Sequence[Any], out_dir: Path, protocol: Mapping[str, Any]
+    meta_policy: AdaptablePolicy, tasks: Sequence[Any], out_dir: Path, protocol: Mapping[str, Any]
 ) -> dict[str, Any]:
     """Record an episode with θ and one with θ' (after ``protocol["adapt_steps"]`` steps) per task.
 
@@ -43,9 +55,14 @@ def record_adaptation_videos(
         adapted = meta_policy
         if not meta_policy.observes_task:
             env = _env(meta_policy, task)
-            for k in range(protocol["adapt_steps"]):
-                lr = protocol["lr"] if k == 0 else protocol["lr"] * protocol["later_lr_scale"]
-                adapted = adapted.adapt(env, protocol["episodes_per_task"], steps=1, lr=lr, seed=protocol["seed"] + k)
+            adapted = meta_policy.adapt(
+                env,
+                protocol["episodes_per_task"],
+                steps=protocol["adapt_steps"],
+                lr=meta_policy.config.evaluation.lr,
+                seed=protocol["seed"],
+                later_lr_scale=protocol["later_lr_scale"],
+            )
             env.close()
         for label, policy in (("before", meta_policy), ("after", adapted)):
             prefix = f"task{i:02d}_{label}_adaptation"
@@ -70,7 +87,7 @@ def record_adaptation_videos(
     return {"files": files}
 
 
-def _env(meta_policy: MetaPolicy, task: Any = None, render_mode: str | None = None) -> gym.Env:
+def _env(meta_policy: AdaptablePolicy, task: Any = None, render_mode: str | None = None) -> gym.Env:
     """The run's environment, set to `task` (or left at its default task)."""
     env_config = meta_policy.config.env
     kwargs = {**env_config.kwargs, **({"render_mode": render_mode} if render_mode else {})}
@@ -80,7 +97,7 @@ def _env(meta_policy: MetaPolicy, task: Any = None, render_mode: str | None = No
     return env
 
 
-def _check_can_record(meta_policy: MetaPolicy) -> None:
+def _check_can_record(meta_policy: AdaptablePolicy) -> None:
     try:
         import moviepy  # noqa: F401  (RecordVideo writes its files with moviepy)
     except ImportError:

@@ -14,7 +14,6 @@ creates a `WorkerVectorEnv` must keep its top-level code under ``if __name__ == 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import multiprocessing as mp
 import os
@@ -24,7 +23,7 @@ import threading
 import time
 import traceback
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from multiprocessing.shared_memory import SharedMemory
@@ -33,12 +32,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.envs.registration import EnvSpec, registry
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from metarl.errors import WorkerError
-from metarl.tasks import make_env
 
 # Workers step with one thread each: they must not compete with each other or with the policy.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -47,45 +44,6 @@ _CLOSE_TIMEOUT = 5.0  # seconds the workers get to exit after "close", before th
 # first), before `timeout` applies to building each environment copy.
 _START_UP_GRACE = 60.0
 _BUFFERS = ("observations", "actions", "rewards", "terminated", "truncated")
-
-
-@dataclasses.dataclass(frozen=True)
-class EnvFactory:
-    """A picklable ``make_env(env_id, kwargs, horizon, task_space)`` for worker processes.
-
-    `spec` is the parent's registration of `env_id` (see `env_factory`): a worker registers it when
-    the id is unknown there, so ids registered at run time in the parent work too. A `task_space`
-    (``env.task_space`` mapping) is not checked again: the parent's `make_env` checked it.
-    """
-
-    env_id: str
-    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    horizon: int | None = None
-    spec: EnvSpec | None = None
-    task_space: Mapping[str, Any] | None = None
-
-    def __call__(self) -> gym.Env:
-        if self.spec is not None and self.env_id not in registry:
-            registry[self.env_id] = self.spec
-        return make_env(self.env_id, self.kwargs, self.horizon, self.task_space, check=False)
-
-
-def env_factory(
-    env_id: str,
-    kwargs: Mapping[str, Any] | None = None,
-    horizon: int | None = None,
-    task_space: Mapping[str, Any] | None = None,
-) -> EnvFactory:
-    """An `EnvFactory` carrying the parent's registration of `env_id` when it can be pickled."""
-    spec = registry.get(env_id) if ":" not in env_id else None
-    if spec is not None:
-        # Workers build single environments: a batched implementation's entry point is not needed there.
-        spec = dataclasses.replace(spec, vector_entry_point=None)
-        try:
-            pickle.dumps(spec)
-        except Exception:  # e.g. a lambda entry point; workers then rely on their own registry
-            spec = None
-    return EnvFactory(env_id, dict(kwargs or {}), horizon, spec, dict(task_space) if task_space is not None else None)
 
 
 class WorkerVectorEnv(VectorEnv):

@@ -50,9 +50,10 @@ import torch
 
 from metarl.config import Config, config_from_dict, load_config
 from metarl.functional import parameters_of
+from metarl.make import make_env
 from metarl.policies import make_policy
 from metarl.sampler import Sampler
-from metarl.tasks import TaskSplits, make_env
+from metarl.tasks import TaskSplits
 
 CORES = os.cpu_count() or 1
 # One curvature product of the trust region, computed these ways (`adaptation_curvature` arguments).
@@ -170,49 +171,40 @@ def sampler_rate(config: Config, workers: int) -> dict[str, float]:
 
 
 def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, Any]:
-    """Run `iterations` meta-iterations exactly as `metarl.train` does; per-phase seconds and peak RSS."""
+    """Run `iterations` meta-iterations with `metarl.train`'s own iteration; per-phase seconds and peak RSS."""
     from metarl.curvature import supports_fast_curvature
     from metarl.logger import RunLogger
-    from metarl.maml import adaptation_curvature, meta_step, sample_meta_batch
-    from metarl.training import iteration_metrics
+    from metarl.outer.trpo import adaptation_curvature
+    from metarl.training import build_training, training_iteration, with_threads_resolved
 
-    config = config_from_dict(config_dict)
-    torch.manual_seed(config.train.seed)
-    if config.train.num_threads is not None:
-        torch.set_num_threads(config.train.num_threads)
-    sampler = Sampler.from_config(config)
-    policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
-    splits = TaskSplits(sampler.env, config.train.seed, config.evaluation.seed, config.evaluation.num_tasks)
-    optimizer = None if config.outer.algo == "trpo" else torch.optim.Adam(policy.parameters(), lr=config.outer.lr)
+    config = with_threads_resolved(config_from_dict(config_dict))
+    torch.set_num_threads(config.train.num_threads)
+    state = build_training(config)
     records = []
     with tempfile.TemporaryDirectory() as run_dir:
         logger = RunLogger(Path(run_dir), config.to_dict(), iterations, progress=False)
         for iteration in range(1, iterations + 1):
             start = time.perf_counter()
-            batch = sample_meta_batch(
-                sampler, policy, splits.sample_train(config.outer.tasks_per_batch), config.inner, config.advantages
-            )
-            outer_start = time.perf_counter()
-            stats = meta_step(policy, batch, config.inner, config.outer, optimizer)
+            batch, metrics = training_iteration(state)
             outer_end = time.perf_counter()
-            metrics = iteration_metrics(batch, stats, policy)
-            metrics.update({"time/iteration_s": outer_end - start, "time/env_steps_per_s": 0.0})
             logger.log(iteration, metrics)
             end = time.perf_counter()
-            record = {**batch.timings, "outer_s": outer_end - outer_start, "log_s": end - outer_end}
-            record.update({k.removeprefix("time/"): v for k, v in stats.items() if k.startswith("time/")})
+            record = {k.removeprefix("time/"): v for k, v in metrics.items() if k.startswith("time/")}
+            record.pop("env_steps_per_s", None)
             known = sum(record.get(k, 0.0) for k in ("meta_gradient_s", "conjugate_gradient_s", "line_search_s"))
             record["outer_other_s"] = record["outer_s"] - known
+            record["log_s"] = end - outer_end
             record["iteration_s"] = end - start
-            record["env_steps"] = metrics["time/batch_env_steps"]
+            record["env_steps"] = float(sum(e.num_steps for e in (*batch.inner, batch.outer)))
             records.append(record)
         logger.close()
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the comparison below
-    # The curvature product of each CG iteration, both ways on the last batch (interleaved, best of 3).
+    # The curvature product of each CG iteration, each way on the last batch (interleaved, best of 3).
+    policy = state.policy
     v = torch.randn(sum(p.numel() for p in policy.parameters()))
     ways = PRODUCTS if supports_fast_curvature(policy) else {"autograd": PRODUCTS["autograd"]}
     products = {
-        name: adaptation_curvature(policy, batch, config.inner, **kwargs).kl_hessian_product(1e-5)
+        name: adaptation_curvature(policy, batch, state.inner, **kwargs).kl_hessian_product(1e-5)
         for name, kwargs in ways.items()
     }
     seconds: dict[str, list[float]] = {name: [] for name in products}
@@ -221,7 +213,7 @@ def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, A
             start = time.perf_counter()
             product(v)
             seconds[name].append(time.perf_counter() - start)
-    sampler.close()
+    state.sampler.close()
     kept = records[1:] or records  # the first iteration builds the environments
     medians = {key: statistics.median(r.get(key, 0.0) for r in kept) for key in records[0]}
     return {

@@ -22,15 +22,13 @@ import json
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from metarl.config import Config, load_config
-from metarl.maml import MetaBatch, adaptation_curvature, meta_step, sample_meta_batch
-from metarl.policies import make_policy
-from metarl.sampler import Sampler
-from metarl.tasks import TaskSplits
-from metarl.trpo import conjugate_gradient
+from metarl.inner import InnerLoop
+from metarl.maml import MetaBatch
+from metarl.outer.trpo import adaptation_curvature, conjugate_gradient
+from metarl.training import build_training, training_iteration
 
 ESTIMATES = {
     "exact": {},
@@ -40,12 +38,12 @@ ESTIMATES = {
 }
 
 
-def compare(policy: nn.Module, batch: MetaBatch, config: Config) -> dict[str, dict[str, float]]:
+def compare(policy: nn.Module, inner: InnerLoop, batch: MetaBatch, config: Config) -> dict[str, dict[str, float]]:
     """Solve the trust-region system every way on one meta-batch; efficiency and cosine against exact."""
-    exact_product = adaptation_curvature(policy, batch, config.inner).kl_hessian_product(config.outer.cg_damping)
+    exact_product = adaptation_curvature(policy, batch, inner).kl_hessian_product(config.outer.cg_damping)
     rows, reference = {}, None
     for name, kwargs in ESTIMATES.items():
-        curvature = adaptation_curvature(policy, batch, config.inner, **kwargs)
+        curvature = adaptation_curvature(policy, batch, inner, **kwargs)
         _, gradient = curvature.meta_gradient(policy, batch.outer)
         product = curvature.kl_hessian_product(config.outer.cg_damping)
         start = time.perf_counter()
@@ -71,16 +69,14 @@ def main() -> None:
 
     config = load_config(args.config, [*args.set, f"train.seed={args.seed}"])
     checks = {int(i) for i in args.at.split(",")}
-    torch.manual_seed(args.seed)
-    sampler = Sampler.from_config(config)
-    policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
-    splits = TaskSplits(sampler.env, config.train.seed, config.evaluation.seed, config.evaluation.num_tasks)
+    state = build_training(config)  # as `metarl train` sets a run up
     results = {}
-    for iteration in range(1, args.iterations + 1):
-        tasks = splits.sample_train(config.outer.tasks_per_batch)
-        batch = sample_meta_batch(sampler, policy, tasks, config.inner, config.advantages)
+
+    def inspect(batch: MetaBatch) -> None:
+        """Compare the solves on this iteration's meta-batch, before the outer step."""
+        iteration = state.iteration
         if iteration in checks:
-            results[iteration] = compare(policy, batch, config)
+            results[iteration] = compare(state.policy, state.inner, batch, config)
             print(
                 f"iteration {iteration}: "
                 + " | ".join(
@@ -89,8 +85,11 @@ def main() -> None:
                 ),
                 flush=True,
             )
-        meta_step(policy, batch, config.inner, config.outer)
-    sampler.close()
+
+    for iteration in range(1, args.iterations + 1):
+        state.iteration = iteration
+        training_iteration(state, inspect)
+    state.sampler.close()
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         summary = {"config": args.config, "overrides": args.set, "seed": args.seed, "iterations": results}

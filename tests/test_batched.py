@@ -99,7 +99,7 @@ def test_results_do_not_depend_on_the_number_of_threads():
 
 
 def test_env_workers_sets_the_physics_threads():
-    from metarl.tasks import make_vector_env
+    from metarl.make import make_vector_env
 
     envs_ = make_vector_env("MetaRL/HalfCheetahDir-v0", 4, workers=1)
     default = make_vector_env("MetaRL/HalfCheetahDir-v0", 4)

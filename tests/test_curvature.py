@@ -3,25 +3,19 @@
 import pytest
 import torch
 
-from metarl.config import InnerConfig
 from metarl.curvature import GaussianMLPCurvature, autograd_hessian, supports_fast_curvature
-from metarl.functional import detach, distribution, parameters_of, per_task
-from metarl.maml import (
+from metarl.episodes import Episodes, pack_steps
+from metarl.functional import detach, distribution, flat, parameters_of, per_task
+from metarl.inner import InnerLoop, inner_loss
+from metarl.maml import MetaBatch, mean_kl, meta_loss
+from metarl.outer.trpo import (
     AdaptationCurvature,
-    MetaBatch,
     _inner_hessians,
     _kl_hessian,
-    adapt,
     adaptation_curvature,
     adapted_fisher_product,
-    inner_loss,
-    mean_kl,
-    meta_loss,
-    pack_steps,
 )
 from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
-from metarl.sampler import Episodes
-from metarl.trpo import flat
 from tests.test_maml import kl_hessian_product_by_double_backward, synthetic_episodes
 
 
@@ -74,7 +68,7 @@ def test_other_policies_use_autograd_with_the_same_result():
         return Episodes(**{**episodes.__dict__, "actions": actions})
 
     batch = MetaBatch([0, 1], (categorical(synthetic_episodes(g)),), categorical(synthetic_episodes(g)), ())
-    inner = InnerConfig(lr=0.5)
+    inner = InnerLoop(0.5)
     v, reference = kl_hessian_product_by_double_backward(policy, batch, inner, g)
     torch.testing.assert_close(adapted_fisher_product(policy, batch, inner, damping=0.0)(v), reference)
 
@@ -100,7 +94,7 @@ def test_trpo_meta_gradient_through_the_jacobian_equals_autograd(steps, first_or
     g = torch.Generator().manual_seed(4)
     batch = MetaBatch([0, 1], tuple(synthetic_episodes(g) for _ in range(steps)), synthetic_episodes(g), ())
     batch = MetaBatch(batch.tasks, tuple(pack_steps(e) for e in batch.inner), pack_steps(batch.outer), ())
-    inner = InnerConfig(lr=0.5, steps=steps, first_order=first_order)
+    inner = InnerLoop(0.5, first_order=first_order)
     loss, _ = meta_loss(policy, batch, inner)
     expected = flat(torch.autograd.grad(loss, list(policy.parameters())))
     value, gradient = adaptation_curvature(policy, batch, inner).meta_gradient(policy, batch.outer)
@@ -115,7 +109,7 @@ def test_a_curvature_stride_estimates_the_trust_region_on_every_nth_step_only(ba
     g = torch.Generator().manual_seed(5)
     raw = [synthetic_episodes(g, horizon=9) for _ in range(3)]
     batch = MetaBatch([0, 1], tuple(pack_steps(e) for e in raw[:2]), pack_steps(raw[2]), ())
-    inner = InnerConfig(lr=0.5, steps=2)
+    inner = InnerLoop(0.5)
     full = adaptation_curvature(policy, batch, inner, backend)
     strided = adaptation_curvature(policy, batch, inner, backend, stride=3)
 
@@ -131,12 +125,12 @@ def test_a_curvature_stride_estimates_the_trust_region_on_every_nth_step_only(ba
 
     thinned = MetaBatch(batch.tasks, tuple(every_third(e) for e in batch.inner), every_third(batch.outer), ())
     theta = per_task(detach(parameters_of(policy)), 2)
-    theta_1 = detach(adapt(policy, theta, [batch.inner[0]], inner.lr, create_graph=False))
+    theta_1 = detach(inner.adapt(policy, theta, [batch.inner[0]], create_graph=False))
     reference = AdaptationCurvature(
         full.adapted,
         full.old_pi,
         inner.lr,
-        _inner_hessians(policy, [theta, theta_1], thinned.inner, backend),
+        _inner_hessians(policy, [theta, theta_1], thinned.inner, inner, backend),
         _kl_hessian(policy, full.adapted, thinned.outer, backend),
     )
     v = torch.randn(sum(p.numel() for p in policy.parameters()), generator=g, dtype=torch.float64)
@@ -173,7 +167,7 @@ def test_bfloat16_precision_keeps_the_meta_gradient_and_the_adapted_policy_exact
     g = torch.Generator().manual_seed(7)
     raw = [synthetic_episodes(g, horizon=20, dtype=torch.float32) for _ in range(2)]
     batch = MetaBatch([0, 1], (pack_steps(raw[0]),), pack_steps(raw[1]), ())
-    inner = InnerConfig(lr=0.5)
+    inner = InnerLoop(0.5)
     full = adaptation_curvature(policy, batch, inner)
     low = adaptation_curvature(policy, batch, inner, precision="bfloat16")
     assert all(torch.equal(low.adapted[k], full.adapted[k]) for k in full.adapted)
@@ -191,4 +185,4 @@ def test_bfloat16_precision_needs_the_gaussian_mlp_products():
     inner_episodes, outer_episodes = (synthetic_episodes(g, dtype=torch.float32) for _ in range(2))
     batch = MetaBatch([0, 1], (inner_episodes,), outer_episodes, ())
     with pytest.raises(ValueError, match="curvature_precision='bfloat16' needs metarl's Gaussian MLP"):
-        adaptation_curvature(policy, batch, InnerConfig(lr=0.5), precision="bfloat16")
+        adaptation_curvature(policy, batch, InnerLoop(0.5), precision="bfloat16")

@@ -10,6 +10,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs
+import metarl.make
 import metarl.tasks
 from envs import GoalTask, Navigation2DEnv, Navigation2DVectorEnv
 
@@ -321,7 +322,7 @@ def test_vector_env_task_count_is_checked():
 
 
 def test_task_splits_are_reproducible_and_disjoint():
-    env = metarl.tasks.make_env(ENV_ID)
+    env = metarl.make.make_env(ENV_ID)
     splits = metarl.tasks.TaskSplits(env, train_seed=0, test_seed=1, num_test=40)
     again = metarl.tasks.TaskSplits(env, train_seed=5, test_seed=1, num_test=40)
     other = metarl.tasks.TaskSplits(env, train_seed=0, test_seed=2, num_test=40)
@@ -389,7 +390,7 @@ def test_task_splits_filter_out_test_tasks_when_draws_collide():
 
 def test_unknown_env_id_lists_known_families():
     with pytest.raises(metarl.tasks.EnvError) as info:
-        metarl.tasks.make_env("MetaRL/Nope-v0")
+        metarl.make.make_env("MetaRL/Nope-v0")
     message = str(info.value)
     assert "'MetaRL/Nope-v0'" in message
     assert "MetaRL/Navigation2D-v0" in message
@@ -397,7 +398,7 @@ def test_unknown_env_id_lists_known_families():
 
 
 def test_make_env_horizon_and_kwargs():
-    env = metarl.tasks.make_env(ENV_ID, {"goal_low": 0.0, "goal_high": 0.1}, horizon=7)
+    env = metarl.make.make_env(ENV_ID, {"goal_low": 0.0, "goal_high": 0.1}, horizon=7)
     assert metarl.tasks.horizon_of(env) == 7
     assert env.unwrapped.goal_low == 0.0 and env.unwrapped.goal_high == 0.1
     env.reset()
@@ -405,7 +406,7 @@ def test_make_env_horizon_and_kwargs():
         *_, truncated, _ = env.step(np.zeros(2, dtype=np.float32))
         assert truncated is (step == 7)
     env.close()
-    vec = metarl.tasks.make_vector_env(ENV_ID, 2, horizon=7)
+    vec = metarl.make.make_vector_env(ENV_ID, 2, horizon=7)
     assert isinstance(vec, Navigation2DVectorEnv)
     assert vec.max_episode_steps == 7
     vec.close()

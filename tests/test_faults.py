@@ -20,6 +20,7 @@ from gymnasium import spaces
 
 import metarl
 from metarl.cli import main
+from metarl.outer.trpo import TRPO
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,9 +114,8 @@ def test_a_fault_mid_run_keeps_the_last_finished_iteration(tmp_path, capsys):
 
 
 def test_ctrl_c_saves_the_state_of_the_last_finished_iteration(tmp_path, capsys, monkeypatch):
-    training = importlib.import_module("metarl.training")  # the module; `metarl.train` is the function
     calls = {"n": 0}
-    real_step = training.meta_step
+    real_step = TRPO.step
 
     def interrupted_step(*args, **kwargs):
         calls["n"] += 1
@@ -123,7 +123,7 @@ def test_ctrl_c_saves_the_state_of_the_last_finished_iteration(tmp_path, capsys,
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(training, "meta_step", interrupted_step)
+    monkeypatch.setattr(TRPO, "step", interrupted_step)
     code = main(["train", "experiments/smoke.yaml", "--logdir", str(tmp_path), "--run-name", "r", "--no-progress"])
     assert code == 130
     assert "state after iteration 2" in capsys.readouterr().err
@@ -141,19 +141,20 @@ def _train(tmp_path, *settings: str) -> list[str]:
 
 def _poison_surrogate(monkeypatch, on_call: int) -> None:
     """The post-adaptation advantages of the second task become NaN on one call of the surrogate."""
-    maml = importlib.import_module("metarl.maml")
+    maml, trpo = importlib.import_module("metarl.maml"), importlib.import_module("metarl.outer.trpo")
     real = maml.surrogate_loss
     calls = {"n": 0}
 
-    def surrogate(policy, adapted, episodes):
+    def surrogate(policy, adapted, episodes, pi=None):
         calls["n"] += 1
         if calls["n"] == on_call:
             advantages = episodes.advantages.clone()
             advantages[1] = float("nan")  # task 1 only
             episodes = dataclasses.replace(episodes, advantages=advantages)
-        return real(policy, adapted, episodes)
+        return real(policy, adapted, episodes, pi)
 
     monkeypatch.setattr(maml, "surrogate_loss", surrogate)
+    monkeypatch.setattr(trpo, "surrogate_loss", surrogate)
 
 
 def test_a_nan_meta_gradient_stops_the_run_naming_iteration_and_task(tmp_path, capsys, monkeypatch):
@@ -168,18 +169,17 @@ def test_a_nan_meta_gradient_stops_the_run_naming_iteration_and_task(tmp_path, c
 
 def test_on_nonfinite_skip_drops_the_meta_batch_and_goes_on(tmp_path, capsys, monkeypatch):
     calls = {"n": 0}
-    training = importlib.import_module("metarl.training")
-    real_step = training.meta_step
+    real_step = TRPO.step
 
-    def poisoned_second_step(policy, *args, **kwargs):
+    def poisoned_second_step(algorithm, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             with torch.no_grad():
-                policy.log_std.fill_(float("nan"))  # as a diverging update would leave them
-            raise metarl.sampler.NonFiniteError("non-finite parameters after the outer step")
-        return real_step(policy, *args, **kwargs)
+                algorithm.policy.log_std.fill_(float("nan"))  # as a diverging update would leave them
+            raise metarl.errors.NonFiniteError("non-finite parameters after the outer step")
+        return real_step(algorithm, *args, **kwargs)
 
-    monkeypatch.setattr(training, "meta_step", poisoned_second_step)
+    monkeypatch.setattr(TRPO, "step", poisoned_second_step)
     assert main(_train(tmp_path, "train.on_nonfinite=skip")) == 0
     assert "skipped meta-batch of iteration 2: non-finite parameters" in capsys.readouterr().err
     lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
@@ -190,8 +190,8 @@ def test_on_nonfinite_skip_drops_the_meta_batch_and_goes_on(tmp_path, capsys, mo
 
 
 def test_a_failed_line_search_keeps_the_parameters_and_training_goes_on(tmp_path, monkeypatch):
-    maml = importlib.import_module("metarl.maml")
-    monkeypatch.setattr(maml, "line_search", lambda evaluate, step, loss, *args: (None, loss, 0.0))
+    trpo = importlib.import_module("metarl.outer.trpo")
+    monkeypatch.setattr(trpo, "line_search", lambda evaluate, step, loss, *args: (None, loss, 0.0))
     assert main(_train(tmp_path, "train.iterations=2")) == 0
     lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [line["optim/step_accepted"] for line in lines] == [0.0, 0.0]

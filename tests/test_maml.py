@@ -5,24 +5,15 @@ import dataclasses
 import pytest
 import torch
 
-from metarl.config import AdvantageConfig, InnerConfig, OuterConfig
-from metarl.functional import detach, distribution, parameters_of, per_task
-from metarl.maml import (
-    MetaBatch,
-    adapt,
-    adaptation_curvature,
-    adapted_fisher_product,
-    adapted_parameters,
-    inner_loss,
-    mean_kl,
-    sample_meta_batch,
-    surrogate_loss,
-    trpo_step,
-)
+from metarl.config import AdvantageConfig, OuterConfig
+from metarl.episodes import Episodes
+from metarl.functional import detach, distribution, flat, parameters_of, per_task
+from metarl.inner import InnerLoop, inner_loss
+from metarl.maml import MetaBatch, adapted_parameters, mean_kl, sample_meta_batch, surrogate_loss
+from metarl.outer.trpo import TRPO, adaptation_curvature, adapted_fisher_product, conjugate_gradient
 from metarl.policies import GaussianMLPPolicy
-from metarl.sampler import Episodes, Sampler
+from metarl.sampler import Sampler
 from metarl.tasks import TaskSplits
-from metarl.trpo import conjugate_gradient, flat
 
 
 def synthetic_episodes(generator, tasks=2, episodes=3, horizon=4, obs_dim=2, act_dim=2, dtype=torch.float64):
@@ -60,9 +51,9 @@ def policy():
 def test_inner_step_equals_manual_sgd(policy):
     g = torch.Generator().manual_seed(0)
     episodes = synthetic_episodes(g)
-    adapted = adapt(policy, per_task(parameters_of(policy), 2), [episodes], lr=0.3, create_graph=False)
+    adapted = InnerLoop(0.3).adapt(policy, per_task(parameters_of(policy), 2), [episodes], create_graph=False)
     for b in range(2):
-        task_episodes = Episodes(**{f.name: getattr(episodes, f.name)[b] for f in dataclasses.fields(Episodes)})
+        task_episodes = Episodes(**{k: None if v is None else v[b] for k, v in vars(episodes).items()})
         policy.zero_grad()
         inner_loss(policy, parameters_of(policy), task_episodes).backward()
         for name, p in policy.named_parameters():
@@ -71,11 +62,10 @@ def test_inner_step_equals_manual_sgd(policy):
 
 def test_adapt_leaves_the_module_unchanged(policy):
     before = flat(list(policy.parameters())).clone()
-    adapt(
+    InnerLoop(0.5).adapt(
         policy,
         per_task(parameters_of(policy), 2),
         [synthetic_episodes(torch.Generator().manual_seed(1))],
-        0.5,
         create_graph=True,
     )
     torch.testing.assert_close(flat(list(policy.parameters())), before)
@@ -90,7 +80,7 @@ def outer_objective(policy, batch, inner):
 def test_second_order_meta_gradient_matches_finite_differences(policy, steps):
     g = torch.Generator().manual_seed(2)
     batch = MetaBatch([0, 1], tuple(synthetic_episodes(g) for _ in range(steps)), synthetic_episodes(g), ())
-    inner = InnerConfig(lr=0.5, steps=steps)
+    inner = InnerLoop(0.5)
     params = list(policy.parameters())
     grad = flat(torch.autograd.grad(outer_objective(policy, batch, inner), params))
     theta = flat(params).detach().clone()
@@ -120,7 +110,7 @@ def test_second_order_meta_gradient_matches_finite_differences(policy, steps):
 def test_adapted_fisher_product_equals_hessian_of_kl(policy, steps, first_order):
     g = torch.Generator().manual_seed(3)
     batch = MetaBatch([0, 1], tuple(synthetic_episodes(g) for _ in range(steps)), synthetic_episodes(g), ())
-    inner = InnerConfig(lr=0.5, steps=steps, first_order=first_order)
+    inner = InnerLoop(0.5, first_order=first_order)
     v, reference = kl_hessian_product_by_double_backward(policy, batch, inner, g)
     product = adapted_fisher_product(policy, batch, inner, damping=0.1)(v)
     torch.testing.assert_close(product, reference + 0.1 * v)
@@ -132,14 +122,14 @@ def navigation_batch():
     sampler = Sampler("MetaRL/Navigation2D-v0", episodes_per_task=5, horizon=30, seed=0)
     policy = GaussianMLPPolicy(2, 2, (16, 16), "tanh")
     tasks = TaskSplits(sampler.env, 0, 1, 4).sample_train(4)
-    batch = sample_meta_batch(sampler, policy, tasks, InnerConfig(lr=0.5), AdvantageConfig())
+    batch = sample_meta_batch(sampler, policy, tasks, InnerLoop(0.5), AdvantageConfig(), steps=1)
     sampler.close()
     return policy, batch
 
 
 def test_sampler_and_meta_loss_adapt_identically(navigation_batch):
     policy, batch = navigation_batch
-    adapted = adapted_parameters(policy, batch, InnerConfig(lr=0.5), create_graph=True)
+    adapted = adapted_parameters(policy, batch, InnerLoop(0.5), create_graph=True)
     log_probs = distribution(policy, adapted, batch.outer.observations).log_prob(batch.outer.actions)
     ratio = torch.exp(log_probs - batch.outer.log_probs)
     torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=1e-4, rtol=0)
@@ -148,7 +138,7 @@ def test_sampler_and_meta_loss_adapt_identically(navigation_batch):
 def test_the_outer_step_reuses_the_sampling_adaptation_only_while_theta_is_unchanged(navigation_batch):
     policy = GaussianMLPPolicy(2, 2, (16, 16), "tanh")
     policy.load_state_dict(navigation_batch[0].state_dict())
-    batch, inner = navigation_batch[1], InnerConfig(lr=0.5)
+    batch, inner = navigation_batch[1], InnerLoop(0.5)
 
     def adapted_again():
         return detach(adapted_parameters(policy, batch, inner, create_graph=False))
@@ -160,7 +150,7 @@ def test_the_outer_step_reuses_the_sampling_adaptation_only_while_theta_is_uncha
         params = per_task(detach(parameters_of(policy)), len(batch.tasks))
         assert torch.equal(batch.inner_losses[0], inner_loss(policy, params, batch.inner[0]))
         policy.log_std.add_(0.1)  # θ moves: the recorded θ' no longer belongs to it
-    assert batch.adaptation_at(policy) is None
+    assert batch.adaptation_at(policy, inner) is None
     moved = adaptation_curvature(policy, batch, inner)
     for name, p in adapted_again().items():
         assert torch.equal(moved.adapted[name], p) and not torch.equal(batch.adapted[-1][name], p)
@@ -170,13 +160,13 @@ def test_trpo_step_respects_max_kl_and_improves_the_surrogate(navigation_batch):
     policy, batch = navigation_batch
     policy = GaussianMLPPolicy(2, 2, (16, 16), "tanh")
     policy.load_state_dict(navigation_batch[0].state_dict())
-    inner = InnerConfig(lr=0.5)
+    inner = InnerLoop(0.5)
     outer = OuterConfig(max_kl=1e-3)
     with torch.no_grad():
         old_adapted = detach(adapted_parameters(policy, batch, inner, create_graph=False))
         old_pi = distribution(policy, old_adapted, batch.outer.observations)
         loss_before = surrogate_loss(policy, old_adapted, batch.outer).item()
-    stats = trpo_step(policy, batch, inner, outer)
+    stats = TRPO(policy, inner, outer).step(batch)
     assert stats["optim/step_accepted"] == 1.0
     new_adapted = adapted_parameters(policy, batch, inner, create_graph=False)
     with torch.no_grad():
@@ -189,7 +179,7 @@ def test_trpo_step_respects_max_kl_and_improves_the_surrogate(navigation_batch):
 
 
 def test_packing_steps_leaves_the_losses_unchanged(policy):
-    from metarl.sampler import pack_steps
+    from metarl.episodes import pack_steps
 
     episodes = synthetic_episodes(torch.Generator().manual_seed(4))
     episodes = dataclasses.replace(episodes, mask=episodes.mask.clone())

@@ -17,6 +17,7 @@ import torch
 from metarl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from metarl.cli import main
 from metarl.config import load_config
+from metarl.outer.trpo import TRPO
 from metarl.training import resume, train
 
 training = importlib.import_module("metarl.training")  # the module; `metarl.train` is the function
@@ -56,7 +57,7 @@ def uninterrupted(tmp_path_factory):
 
 def test_interrupted_and_resumed_is_bit_identical(uninterrupted, tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
-    real_step = training.meta_step
+    real_step = TRPO.step
 
     def step_then_interrupt(*args, **kwargs):
         calls["n"] += 1
@@ -64,12 +65,12 @@ def test_interrupted_and_resumed_is_bit_identical(uninterrupted, tmp_path, monke
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(training, "meta_step", step_then_interrupt)
+    monkeypatch.setattr(TRPO, "step", step_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, "r", 30), progress=False)
     assert f"resume with: metarl train --resume {tmp_path / 'r'}" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["iteration"] == 7
-    monkeypatch.setattr(training, "meta_step", real_step)
+    monkeypatch.setattr(TRPO, "step", real_step)
 
     resume(tmp_path / "r", progress=False)
     assert _results(tmp_path / "r") == _results(uninterrupted)

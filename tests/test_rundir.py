@@ -14,6 +14,7 @@ import pytest
 from metarl.cli import main
 from metarl.config import load_config
 from metarl.errors import RunDirError
+from metarl.outer.trpo import TRPO
 from metarl.rundir import RunDirectory
 from metarl.training import resume, train
 
@@ -95,9 +96,8 @@ def test_a_second_training_process_cannot_join_a_live_run(tmp_path):
 
 
 def test_printed_resume_commands_are_shell_quoted(tmp_path, capsys, monkeypatch):
-    training = __import__("metarl.training", fromlist=["meta_step"])
     calls = {"n": 0}
-    real_step = training.meta_step
+    real_step = TRPO.step
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -105,7 +105,7 @@ def test_printed_resume_commands_are_shell_quoted(tmp_path, capsys, monkeypatch)
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(training, "meta_step", interrupted)
+    monkeypatch.setattr(TRPO, "step", interrupted)
     assert main(_args(tmp_path, "--run-name", "my run; rm -rf x")) == 130
     err = capsys.readouterr().err
     command = f"metarl train --resume {shlex.quote(str(tmp_path / 'my run; rm -rf x'))}"

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 import envs  # noqa: F401  (registers the MetaRL/ ids)
-from metarl.tasks import EnvError, TaskSplits, make_env
+from metarl.errors import EnvError
+from metarl.make import make_env
+from metarl.tasks import TaskSplits
 
 
 @pytest.mark.parametrize(

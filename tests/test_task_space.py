@@ -15,9 +15,11 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from metarl.cli import main
 from metarl.config import ConfigError, config_from_dict, load_config
-from metarl.task_space import TaskSpace, TaskSpaceEnv
-from metarl.tasks import EnvError, TaskSplits, make_env, make_vector_env, sample_tasks
-from metarl.workers import env_factory
+from metarl.errors import EnvError
+from metarl.make import env_factory, make_env, make_vector_env
+from metarl.task_space import TaskSpace
+from metarl.task_space_env import TaskSpaceEnv
+from metarl.tasks import TaskSplits, sample_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ("pendulum_gravity_mass.yaml", "hopper_masses_friction.yaml", "halfcheetah_target_velocity_yaml.yaml")

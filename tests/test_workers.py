@@ -16,11 +16,12 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from envs import GoalTask, VelocityTask
 from metarl.config import ConfigError, config_from_dict
+from metarl.errors import WorkerError
 from metarl.functional import parameters_of
+from metarl.make import env_factory, make_vector_env
 from metarl.policies import GaussianMLPPolicy
 from metarl.sampler import Sampler
-from metarl.tasks import make_vector_env
-from metarl.workers import WorkerError, WorkerVectorEnv, env_factory
+from metarl.workers import WorkerVectorEnv
 
 # Navigation without its batched implementation, so that workers > 1 takes the worker path.
 SINGLE_NAVIGATION = "MetaRLTest/Navigation2DSingle-v0"
