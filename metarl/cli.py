@@ -17,6 +17,7 @@ import re
 import shlex
 import signal
 import sys
+import textwrap
 import threading
 import warnings
 from collections.abc import Callable, Sequence
@@ -133,12 +134,25 @@ def _baseline_lrs(entries: Sequence[str]) -> dict[str, float]:
 
 def _print_result(result) -> None:
     p = result.protocol
+    first = next(iter(p.get("methods", {}).values()), {})
+    sizes = (
+        f"learned step sizes, × {p['later_lr_scale']:g} after the first step"
+        if first.get("lr") == "learned"
+        else f"step size {p['lr']} then {p['lr'] * p['later_lr_scale']:g}"
+    )
     print(
         f"\n{result.env_id}: mean return over {len(result.tasks)} "
         f"{ {'test': 'held-out', 'ood': 'out-of-distribution', 'file': 'given'}[p['split']] } tasks (± 95% CI), "
-        f"{p['episodes_per_task']} episodes per step, step size {p['lr']} then {p['lr'] * p['later_lr_scale']:g}\n"
+        f"{p['episodes_per_task']} episodes per step, {sizes}\n"
     )
     print(result.table())
+    for method, details in p.get("methods", {}).items():
+        if "learned_lr" in details:  # Meta-SGD
+            lr = details["learned_lr"]
+            print(
+                f"\n{method}: learned inner step sizes (Meta-SGD), mean {lr['mean']:.4g}, std {lr['std']:.3g}, "
+                f"range [{lr['min']:.4g}, {lr['max']:.4g}] (then × {p['later_lr_scale']:g} after the first step)"
+            )
     print(
         f"\nresults: {p['out_dir']} (eval.json, eval.csv"
         + (", eval.png)" if (Path(p["out_dir"]) / "eval.png").exists() else "; pip install matplotlib for eval.png)")
@@ -216,6 +230,7 @@ def _import_from_working_directory() -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from metarl.config import RESUMABLE_OVERRIDES
+    from metarl.registry import OUTER_ALGORITHMS
 
     parser = argparse.ArgumentParser(
         prog="metarl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -224,12 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    algorithms = "\n".join(
+        f"  {name:<6} {textwrap.fill(spec.summary, 90, subsequent_indent=' ' * 9)}\n         ({spec.reference})"
+        for name, spec in OUTER_ALGORITHMS.items()
+    )
     train = commands.add_parser(
         "train",
         parents=[common],
         help="meta-train a policy from a YAML config",
         description="Meta-train a policy with MAML. Writes a run directory with "
         "config.yaml, TensorBoard events, metrics.jsonl and checkpoints/.",
+        epilog=f"outer algorithms (--set outer.algo=NAME; default trpo):\n{algorithms}\n\n"
+        "inner loop: --set inner.estimator=reinforce|lvc|dice (default: the algorithm's), "
+        "--set inner.learn_lr=true (Meta-SGD: learned per-parameter step sizes)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("config", nargs="?", help="YAML config, e.g. experiments/navigation_2d.yaml")
     train.add_argument(

@@ -222,9 +222,17 @@ class InnerLoop:
     ) -> Params:
         """Fast adaptation: one `step` per batch of episodes. The sampler (no graph) and the
         meta-objective (with graph, differentiable in `params`) both adapt with it."""
+        return self.adaptation_path(policy, params, inner_episodes, create_graph=create_graph)[-1]
+
+    def adaptation_path(
+        self, policy: nn.Module, params: Params, inner_episodes: Sequence[Episodes], *, create_graph: bool
+    ) -> list[Params]:
+        """θ^(0) = `params`, θ^(1), …, θ^(K) = θ': the parameters before and after every step."""
+        path = [params]
         for episodes in inner_episodes:
             params, _ = self.step(policy, params, episodes, create_graph=create_graph)
-        return params
+            path.append(params)
+        return path
 
     def evaluation_lr(self, k: int, lr: float | None, later_lr_scale: float) -> StepSize:
         """Step size of evaluation step ``k`` (0-based): `lr` if given, else this loop's α (learned

@@ -26,21 +26,20 @@ from metarl.episodes import Episodes, every_nth_step
 from metarl.functional import Params, assign, detach, distribution, flat, parameters_of, per_task
 from metarl.inner import InnerLoop, StepSize, check_finite
 from metarl.maml import MetaBatch, inner_loss_stats, loss_and_kl, mean_kl, outer_statistics, surrogate_loss
+from metarl.outer.base import meta_parameters
 
 
 class TRPO:
     """MAML-TRPO over θ: no state of its own between meta-batches."""
 
     def __init__(self, policy: nn.Module, inner: InnerLoop, config: OuterConfig) -> None:
-        if inner.learned:
-            raise NotImplementedError("learned inner step sizes under TRPO")
         self.policy, self.inner, self.config = policy, inner, config
 
     def step(self, batch: MetaBatch) -> dict[str, float]:
         """A natural-gradient step within ``max_kl`` (Alg. 3, line 10); returns its statistics."""
         policy, inner, outer = self.policy, self.inner, self.config
         start = time.perf_counter()
-        params = list(policy.parameters())
+        params = meta_parameters(policy, inner)  # θ, and the learned step sizes
         inner_loss_before = inner_loss_stats(policy, batch, inner)
         curvature = adaptation_curvature(
             policy, batch, inner, stride=outer.curvature_stride, precision=outer.curvature_precision
@@ -71,7 +70,7 @@ class TRPO:
         if accepted is None:  # no step improved within the trust region: keep θ
             assign(params, theta)
             loss_after, kl_after = loss.item(), 0.0
-        check_finite("parameters after the outer step", dict(policy.named_parameters()))
+        check_finite("parameters after the outer step", params)
         step_norm = 0.0 if accepted is None else (outer.ls_backtrack_ratio**accepted * full_step).norm().item()
         end = time.perf_counter()
         return {
@@ -102,10 +101,15 @@ class AdaptationCurvature:
 
     At the current θ the KL between old and new adapted policies is minimal in θ', so its Hessian
     in θ is exactly ``Σ_i J_iᵀ H_i J_i``, with ``H_i`` the Hessian of task i's KL in θ'_i and
-    ``J_i = ∂θ'_i/∂θ``. For one inner step ``J_i = I − α ∇²L_i(θ)`` (symmetric; a product of such
-    factors for several steps, the identity for first-order MAML). The meta-gradient is likewise
-    ``Σ_i J_iᵀ ∇θ'L(θ'_i)``. Applying the factors as Hessian-vector products avoids
-    back-propagating through the inner update's own gradient graph (third derivatives for the KL).
+    ``J_i = ∂θ'_i/∂θ``. For one inner step ``J_i = I − α ∇²L_i(θ)`` (symmetric for one α; a
+    product of such factors for several steps, the identity for first-order MAML). The
+    meta-gradient is likewise ``Σ_i J_iᵀ ∇θ'L(θ'_i)``. Applying the factors as Hessian-vector
+    products avoids back-propagating through the inner update's own gradient graph (third
+    derivatives for the KL).
+
+    With learned step sizes (Meta-SGD) the meta-parameters are (θ, α): step k,
+    ``θ^(k+1) = θ^(k) − α ∘ g_k``, adds ``∂θ^(k+1)/∂α = (I − diag(α) H_k) ∂θ^(k)/∂α − diag(g_k)``,
+    so the vectors of the conjugate-gradient solve and the meta-gradient carry an α part too.
     """
 
     adapted: Params  # θ'_i for every task (constants)
@@ -116,21 +120,62 @@ class AdaptationCurvature:
     # Exact inner-loss products (all steps, full precision) when the two above are estimates: for
     # the meta-gradient.
     exact_inner_hessians: list[Product] | None = None
+    # Learned step sizes only: the inner gradients g_k per task, one list per inner step.
+    inner_gradients: list[list[Tensor]] | None = None
 
-    def jacobian_product(self, vectors: list[Tensor], transpose: bool = False, exact: bool = False) -> list[Tensor]:
+    @property
+    def learned(self) -> bool:
+        return isinstance(self.lr, dict)
+
+    def jacobian_product(
+        self,
+        vectors: list[Tensor],
+        transpose: bool = False,
+        exact: bool = False,
+        alpha_vectors: list[Tensor] | None = None,
+    ) -> list[Tensor]:
         """``J v`` (or ``Jᵀ v``) per task, for vectors with a leading task dimension.
 
         One step's factor is ``I − diag(α) ∇²L``: ``v − α ∘ ∇²L v``, transposed ``v − ∇²L (α ∘ v)``
-        (the same for one α)."""
-        hessians = self.exact_inner_hessians if exact and self.exact_inner_hessians is not None else self.inner_hessians
-        alphas = self._alphas()
-        for hessian in reversed(hessians) if transpose else hessians:
-            if transpose and isinstance(self.lr, dict):
-                products = hessian([a * v for a, v in zip(alphas, vectors, strict=True)])
-                vectors = [v - h for v, h in zip(vectors, products, strict=True)]
-            else:
-                vectors = [v - a * h for v, a, h in zip(vectors, alphas, hessian(vectors), strict=True)]
+        (the same for one α; the identity for first-order MAML). With learned step sizes, ``J v``
+        adds ``−g_k ∘ v_α`` at every step for the α part `alpha_vectors` of the direction
+        (`transpose_alpha` gives ``J_αᵀ u``)."""
+        hessians, alphas = self._hessians(exact), self._alphas()
+        if transpose:
+            for hessian in reversed(hessians):
+                vectors = self._transposed_factor(hessian, alphas, vectors)
+            return vectors
+        for k in range(self._steps()):
+            if hessians:
+                vectors = [v - a * h for v, a, h in zip(vectors, alphas, hessians[k](vectors), strict=True)]
+            if alpha_vectors is not None:
+                gradients = self.inner_gradients[k]
+                vectors = [v - g * va for v, g, va in zip(vectors, gradients, alpha_vectors, strict=True)]
         return vectors
+
+    def transpose_alpha(self, vectors: list[Tensor], exact: bool = False) -> list[Tensor]:
+        """``J_αᵀ u``: the α part of the transposed product, summed over tasks (α is shared)."""
+        hessians, alphas = self._hessians(exact), self._alphas()
+        out = [torch.zeros_like(v[0]) for v in vectors]
+        for k in reversed(range(self._steps())):
+            # `vectors` is the cotangent after step k: the step contributes −g_k ∘ u_{k+1}.
+            out = [o - (g * v).sum(0) for o, g, v in zip(out, self.inner_gradients[k], vectors, strict=True)]
+            if hessians:
+                vectors = self._transposed_factor(hessians[k], alphas, vectors)
+        return out
+
+    def _transposed_factor(self, hessian: Product, alphas: list[Tensor | float], vectors: list[Tensor]) -> list[Tensor]:
+        """``(I − diag(α) ∇²L)ᵀ v = v − ∇²L (α ∘ v)`` (for one α: ``v − α ∇²L v``, the same)."""
+        if self.learned:
+            products = hessian([a * v for a, v in zip(alphas, vectors, strict=True)])
+            return [v - h for v, h in zip(vectors, products, strict=True)]
+        return [v - a * h for v, a, h in zip(vectors, alphas, hessian(vectors), strict=True)]
+
+    def _steps(self) -> int:
+        return len(self.inner_gradients) if self.inner_gradients is not None else len(self.inner_hessians)
+
+    def _hessians(self, exact: bool) -> list[Product]:
+        return self.exact_inner_hessians if exact and self.exact_inner_hessians is not None else self.inner_hessians
 
     def _alphas(self) -> list[Tensor | float]:
         """α per parameter, in parameter order (one number repeated for a single α)."""
@@ -141,24 +186,33 @@ class AdaptationCurvature:
     def meta_gradient(
         self, policy: nn.Module, outer: Episodes, tasks: Sequence[Any] | None = None
     ) -> tuple[Tensor, Tensor]:
-        """The meta-objective at θ and its gradient ``Σ_i J_iᵀ ∇θ'L(θ'_i)`` as a flat vector."""
+        """The meta-objective at θ and its gradient ``Σ_i J_iᵀ ∇θ'L(θ'_i)`` as a flat vector (θ, then α
+        when the step sizes are learned)."""
         adapted = {name: p.detach().requires_grad_() for name, p in self.adapted.items()}
         with torch.enable_grad():
             loss = surrogate_loss(policy, adapted, outer)
             grads = torch.autograd.grad(loss, list(adapted.values()))
         check_finite("post-adaptation loss gradient", grads, tasks)
-        return loss.detach(), flat([g.sum(0) for g in self.jacobian_product(list(grads), transpose=True, exact=True)])
+        theta_part = [g.sum(0) for g in self.jacobian_product(list(grads), transpose=True, exact=True)]
+        alpha_part = self.transpose_alpha(list(grads), exact=True) if self.learned else []
+        return loss.detach(), flat([*theta_part, *alpha_part])
 
     def kl_hessian_product(self, damping: float) -> Callable[[Tensor], Tensor]:
-        """``v -> (∇²θ KL + damping·I) v`` on flat vectors of θ's size."""
+        """``v -> (∇² KL + damping·I) v`` on flat vectors of the meta-parameters (θ, and learned α)."""
         shapes = [p.shape[1:] for p in self.adapted.values()]
+        sizes = [math.prod(s) for s in shapes] * (2 if self.learned else 1)
         num_tasks = next(iter(self.adapted.values())).shape[0]
 
         def product(v: Tensor) -> Tensor:
-            pieces = torch.split(v, [math.prod(s) for s in shapes])
-            w = [piece.view(s).expand(num_tasks, *s).contiguous() for piece, s in zip(pieces, shapes, strict=True)]
-            w = self.jacobian_product(self.kl_hessian(self.jacobian_product(w)), transpose=True)
-            return flat([x.sum(0) for x in w]) + damping * v
+            pieces = torch.split(v, sizes)
+            w = [piece.view(s).expand(num_tasks, *s).contiguous() for piece, s in zip(pieces, shapes, strict=False)]
+            alpha_v = None
+            if self.learned:
+                alpha_v = [piece.view(s) for piece, s in zip(pieces[len(shapes) :], shapes, strict=True)]
+            u = self.kl_hessian(self.jacobian_product(w, alpha_vectors=alpha_v))
+            theta_part = [x.sum(0) for x in self.jacobian_product(u, transpose=True)]
+            alpha_part = self.transpose_alpha(u) if self.learned else []
+            return flat([*theta_part, *alpha_part]) + damping * v
 
         return product
 
@@ -198,14 +252,29 @@ def adaptation_curvature(
         sample = tuple(every_nth_step(e, stride) for e in inner_batches)
         sample_outer = every_nth_step(batch.outer, stride)
     estimated = stride > 1 or precision != "full"
+    gradients = _inner_gradients(policy, params, batch.inner, inner) if inner.learned else None
     return AdaptationCurvature(
         adapted,
         old_pi,
-        inner.lr,
+        inner.lr if not inner.learned else {name: a.detach() for name, a in inner.lr.items()},
         inner_hessians=_inner_hessians(policy, params, sample, inner, backend, dtype),
         kl_hessian=_kl_hessian(policy, adapted, sample_outer, backend, dtype, None if stride > 1 else old_pi),
         exact_inner_hessians=_inner_hessians(policy, params, inner_batches, inner, backend) if estimated else None,
+        inner_gradients=gradients,
     )
+
+
+def _inner_gradients(
+    policy: nn.Module, params: list[Params], inner_batches: Sequence[Episodes], inner: InnerLoop
+) -> list[list[Tensor]]:
+    """``g_k = ∇L_k(θ^(k))`` per task, for every inner step (first-order: the gradients still scale α)."""
+    gradients = []
+    for at, episodes in zip(params, inner_batches, strict=False):
+        leaves = {name: p.detach().requires_grad_() for name, p in at.items()}
+        with torch.enable_grad():
+            loss = inner.loss(policy, leaves, episodes).sum()
+            gradients.append(list(torch.autograd.grad(loss, list(leaves.values()))))
+    return gradients
 
 
 def _lazy(build: Callable[[], Product]) -> Product:

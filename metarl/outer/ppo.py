@@ -1,0 +1,117 @@
+"""MAML-PPO: several Adam epochs of PPO's clipped surrogate on one meta-batch (Schulman et al. 2017).
+
+Each epoch adapts again from the current θ (second order, through the inner step), evaluates the
+adapted policies on the post-adaptation episodes, and takes one Adam step on
+
+    L_CLIP(θ) = −mean_t min(r_t Â_t, clip(r_t, 1 − ε, 1 + ε) Â_t),   r_t = π_θ'(θ)(a_t|s_t) / π_old(a_t|s_t),
+
+with π_old the adapted policy that sampled the episodes. No conjugate gradient: the clip keeps
+the epochs close to the sampling policy. ProMP (`metarl.outer.promp`) adds its KL penalty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metarl.config import OuterConfig
+from metarl.episodes import Episodes
+from metarl.functional import Params, detach, distribution, flat, parameters_of, per_task
+from metarl.inner import InnerLoop, check_finite
+from metarl.maml import MetaBatch, inner_loss_stats, loss_and_kl, mean_kl, outer_statistics
+from metarl.outer.base import meta_parameters
+from metarl.returns import masked_mean
+
+
+def clipped_surrogate(log_probs: Tensor, episodes: Episodes, clip: float) -> Tensor:
+    """PPO's clipped objective as a loss, averaged over each task's steps, then over tasks.
+
+    `log_probs` are the current policy's on ``episodes.actions``; ``episodes.log_probs`` the
+    sampling policy's. At the sampling parameters it equals the unclipped surrogate; a step whose
+    ratio left ``[1 − clip, 1 + clip]`` in the direction of its advantage has no gradient.
+    """
+    ratio = torch.exp(log_probs - episodes.log_probs)
+    advantages = episodes.advantages
+    objective = torch.minimum(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
+    return -masked_mean(objective, episodes.mask, dim=(-2, -1)).mean()
+
+
+class PPO:
+    """MAML-PPO over θ (and learned inner step sizes): `epochs` Adam steps per meta-batch."""
+
+    def __init__(self, policy: nn.Module, inner: InnerLoop, config: OuterConfig) -> None:
+        self.policy, self.inner, self.config = policy, inner, config
+        self.parameters = meta_parameters(policy, inner)
+        self.optimizer = torch.optim.Adam(self.parameters, lr=config.lr)
+
+    def prepare(self, batch: MetaBatch) -> Any:
+        """What a penalty needs from before the first epoch (ProMP: the sampling policies); none here."""
+        return None
+
+    def penalty(self, batch: MetaBatch, path: list[Params], prepared: Any) -> Tensor | None:
+        """An extra term of each epoch's loss, given the adaptation path (ProMP's KL penalty); none here."""
+        return None
+
+    def finish(self, batch: MetaBatch, prepared: Any, stats: dict[str, float]) -> None:
+        """After the epochs: add statistics, adapt coefficients (ProMP); nothing here."""
+
+    def step(self, batch: MetaBatch) -> dict[str, float]:
+        """`epochs` Adam steps on the clipped meta-objective (Alg. 3, line 10); returns statistics."""
+        policy, inner, config = self.policy, self.inner, self.config
+        inner_loss_before = inner_loss_stats(policy, batch, inner)
+        prepared = self.prepare(batch)
+        losses, grad_norms = [], []
+        old_pi = None
+        for _ in range(config.epochs):
+            # Adapt again from the current θ every epoch: the meta-gradient flows through the inner step.
+            path = self._adaptation_path(batch)
+            pi = distribution(policy, path[-1], batch.outer.observations)
+            if old_pi is None:  # the adapted policies at the meta-batch's θ, for the KL statistic
+                old_pi = distribution(policy, detach(path[-1]), batch.outer.observations)
+            loss = clipped_surrogate(pi.log_prob(batch.outer.actions), batch.outer, config.clip)
+            losses.append(loss.item())
+            penalty = self.penalty(batch, path, prepared)
+            if penalty is not None:
+                loss = loss + penalty
+            self.optimizer.zero_grad()
+            loss.backward()
+            check_finite("meta-gradient", [p.grad for p in self.parameters if p.grad is not None])
+            if config.max_grad_norm is not None:
+                grad_norms.append(nn.utils.clip_grad_norm_(self.parameters, config.max_grad_norm).item())
+            else:
+                grad_norms.append(flat([p.grad for p in self.parameters]).norm().item())
+            self.optimizer.step()
+            check_finite("parameters after the outer step", self.parameters)
+        loss_after, kl_after = loss_and_kl(policy, batch, inner, old_pi)
+        stats = {
+            "loss/outer": losses[0],
+            "loss/outer_after": loss_after,
+            **inner_loss_before,
+            "policy/kl": kl_after,
+            **outer_statistics(policy, batch, old_pi),
+            "optim/grad_norm": grad_norms[0],
+        }
+        self.finish(batch, prepared, stats)
+        return stats
+
+    def _adaptation_path(self, batch: MetaBatch) -> list[Params]:
+        """θ^(0) = θ, θ^(1), …, θ' per task, differentiable in θ (second order unless first-order)."""
+        theta = per_task(parameters_of(self.policy), len(batch.tasks))
+        return self.inner.adaptation_path(self.policy, theta, batch.inner, create_graph=not self.inner.first_order)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def inner_kls(policy: nn.Module, batch: MetaBatch, path: list[Params], old: list[Any]) -> list[Tensor]:
+    """Per inner step k: the mean KL between the policy that sampled ``batch.inner[k]`` (`old`) and
+    the current θ^(k) on those observations."""
+    return [
+        mean_kl(old_pi, distribution(policy, params, episodes.observations), episodes.mask)
+        for old_pi, params, episodes in zip(old, path[:-1], batch.inner, strict=True)
+    ]
