@@ -342,3 +342,16 @@ def test_act_refuses_an_observation_of_another_shape(runs):
     assert adapted.act(np.zeros(2, np.float32)).shape == (2,)
     with pytest.raises(ValueError, match=re.escape("expected one observation of shape [2], got shape [3]")):
         adapted.act(np.zeros(3, np.float32))
+
+
+def test_learned_step_sizes_are_used_and_reported_by_evaluation(tmp_path, capsys):
+    run = _run(tmp_path, "meta_sgd", "inner.learn_lr=true")
+    policy = load(run)
+    assert policy.inner.learned and set(policy.inner.lr) == {n for n, _ in policy.policy.named_parameters()}
+    saved = load_checkpoint(run)["step_sizes"]
+    assert not all(torch.equal(a, torch.full_like(a, 0.1)) for a in saved.values())  # they moved from inner.lr
+    assert main(["evaluate", str(run), "--tasks", "2", "--episodes", "2", "--adapt-steps", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "maml: learned inner step sizes (Meta-SGD), mean" in out and "learned step sizes, × 0.5" in out
+    summary = json.loads((run / "eval" / "eval.json").read_text())["protocol"]["methods"]["maml"]
+    assert summary["lr"] == "learned" and summary["learned_lr"]["min"] < summary["learned_lr"]["max"]

@@ -344,3 +344,28 @@ def test_a_checkpoint_of_another_run_in_the_run_directory_is_refused(uninterrupt
     assert main(["train", "--resume", str(run), "--iterations", "40"]) == 2
     assert "belongs to another run" in capsys.readouterr().err
     assert main(["evaluate", str(run / "checkpoints" / "last.pt"), "--out", str(tmp_path / "e")]) == 0  # by path
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["outer.algo=adam"],
+        ["outer.algo=sgd", "outer.lr=0.01"],
+        ["outer.algo=ppo", "outer.epochs=2"],
+        ["outer.algo=promp", "outer.epochs=2", "outer.adaptive_kl=true", "outer.kl_coef=0.01"],
+        ["inner.learn_lr=true"],
+        ["outer.algo=promp", "outer.epochs=2", "inner.learn_lr=true", "inner.estimator=dice"],
+    ],
+    ids=["adam", "sgd", "ppo", "promp-adaptive", "trpo-meta-sgd", "promp-meta-sgd-dice"],
+)
+def test_resume_is_bit_identical_for_every_outer_algorithm(tmp_path, settings):
+    """Each algorithm's own state (optimiser moments, penalty coefficients, learned step sizes) travels."""
+    full = train(_config(tmp_path, "full", 4, *settings), progress=False)
+    part = train(_config(tmp_path, "part", 2, *settings), progress=False)
+    resume(part, ["train.iterations=4"], progress=False)
+    assert _results(part) == _results(full)
+    assert _same_parameters(part / "checkpoints" / "final.pt", full / "checkpoints" / "final.pt")
+    a, b = load_checkpoint(part / "checkpoints" / "final.pt"), load_checkpoint(full / "checkpoints" / "final.pt")
+    assert a["outer"].keys() == b["outer"].keys()
+    if a["step_sizes"] is not None:
+        assert all(torch.equal(a["step_sizes"][k], b["step_sizes"][k]) for k in a["step_sizes"])
