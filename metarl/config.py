@@ -131,6 +131,10 @@ class OuterConfig:
     """ProMP: target of that KL for the adaptive coefficient (halved below target/1.5, doubled above 1.5×target)."""
     adaptive_kl: bool = False
     """ProMP: adapt the coefficient after every meta-batch (ProMP's MuJoCo script keeps it fixed)."""
+    precision: Literal["full", "bfloat16"] = "full"
+    """PPO/ProMP: arithmetic of each epoch's matrix products (torch autocast). ``bfloat16`` halves an
+    epoch's time on CPUs with bfloat16 units; the meta-gradient then agrees with full precision to
+    about 2 digits (cosine 0.9999 on 2D navigation). ``full`` is exact."""
 
 
 @dataclasses.dataclass(frozen=True)

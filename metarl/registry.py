@@ -32,7 +32,7 @@ class AlgorithmSpec:
 
 _TRUST_REGION = ("max_kl", "cg_iters", "cg_damping", "curvature_stride", "curvature_precision")
 _LINE_SEARCH = ("ls_max_steps", "ls_backtrack_ratio")
-_CLIPPED = ("lr", "epochs", "clip", "max_grad_norm")
+_CLIPPED = ("lr", "epochs", "clip", "max_grad_norm", "precision")
 
 OUTER_ALGORITHMS: dict[str, AlgorithmSpec] = {
     "trpo": AlgorithmSpec(

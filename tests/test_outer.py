@@ -181,3 +181,27 @@ def test_trpo_with_learned_step_sizes_uses_the_exact_gradient_and_kl_hessian_in_
     torch.testing.assert_close(gradient, expected_gradient)
     torch.testing.assert_close(curvature.kl_hessian_product(0.0)(v), expected_product)
     assert expected_gradient[-sum(a.numel() for a in step_sizes.alphas) :].abs().max() > 1e-6  # α really moves
+
+
+def test_bfloat16_epochs_give_nearly_the_full_precision_meta_gradient():
+    """``outer.precision: bfloat16`` (PPO/ProMP) changes the arithmetic, not the direction: ~2 digits."""
+    g = torch.Generator().manual_seed(7)
+    episodes = [_as_float(pack_steps(synthetic_episodes(g, episodes=10, horizon=25))) for _ in range(2)]
+    batch = MetaBatch([0, 1], (episodes[0],), episodes[1], ())
+    torch.manual_seed(0)
+    reference = GaussianMLPPolicy(2, 2, (32, 32), "tanh", init_std=0.7)
+    gradients = {}
+    for precision in ("full", "bfloat16"):
+        model = GaussianMLPPolicy(2, 2, (32, 32), "tanh", init_std=0.7)
+        model.load_state_dict(reference.state_dict())
+        config = OuterConfig(algo="promp", epochs=1, precision=precision)
+        ProMP(model, InnerLoop(0.3, estimator="lvc"), config).step(batch)
+        gradients[precision] = flat([p.grad for p in model.parameters()])  # the one epoch's meta-gradient
+    full, low = gradients["full"], gradients["bfloat16"]
+    assert (full @ low / full.norm() / low.norm()).item() > 0.999 and not torch.equal(full, low)
+
+
+def _as_float(episodes: Episodes) -> Episodes:
+    return Episodes(
+        **{k: v.float() if v is not None and v.is_floating_point() else v for k, v in vars(episodes).items()}
+    )

@@ -20,7 +20,7 @@ from metarl.config import OuterConfig
 from metarl.episodes import Episodes
 from metarl.functional import Params, detach, distribution, flat, parameters_of, per_task
 from metarl.inner import InnerLoop, check_finite
-from metarl.maml import MetaBatch, inner_loss_stats, loss_and_kl, mean_kl, outer_statistics
+from metarl.maml import MetaBatch, inner_loss_stats, mean_kl, outer_statistics, surrogate_loss
 from metarl.outer.base import meta_parameters
 from metarl.returns import masked_mean
 
@@ -54,8 +54,9 @@ class PPO:
         """An extra term of each epoch's loss, given the adaptation path (ProMP's KL penalty); none here."""
         return None
 
-    def finish(self, batch: MetaBatch, prepared: Any, stats: dict[str, float]) -> None:
-        """After the epochs: add statistics, adapt coefficients (ProMP); nothing here."""
+    def finish(self, batch: MetaBatch, prepared: Any, path: list[Params], stats: dict[str, float]) -> None:
+        """After the epochs, given the adaptation path at the new θ: add statistics, adapt
+        coefficients (ProMP); nothing here."""
 
     def step(self, batch: MetaBatch) -> dict[str, float]:
         """`epochs` Adam steps on the clipped meta-objective (Alg. 3, line 10); returns statistics."""
@@ -64,17 +65,20 @@ class PPO:
         prepared = self.prepare(batch)
         losses, grad_norms = [], []
         old_pi = None
+        device = next(policy.parameters()).device.type
         for _ in range(config.epochs):
-            # Adapt again from the current θ every epoch: the meta-gradient flows through the inner step.
-            path = self._adaptation_path(batch)
-            pi = distribution(policy, path[-1], batch.outer.observations)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
+                # Adapt again from the current θ every epoch: the meta-gradient flows through the inner step.
+                path = self._adaptation_path(batch)
+                pi = distribution(policy, path[-1], batch.outer.observations)
+                log_probs = pi.log_prob(batch.outer.actions).float()
+                penalty = self.penalty(batch, path, prepared)
             if old_pi is None:  # the adapted policies at the meta-batch's θ, for the KL statistic
                 old_pi = distribution(policy, detach(path[-1]), batch.outer.observations)
-            loss = clipped_surrogate(pi.log_prob(batch.outer.actions), batch.outer, config.clip)
+            loss = clipped_surrogate(log_probs, batch.outer, config.clip)
             losses.append(loss.item())
-            penalty = self.penalty(batch, path, prepared)
             if penalty is not None:
-                loss = loss + penalty
+                loss = loss + penalty.float()
             self.optimizer.zero_grad()
             loss.backward()
             check_finite("meta-gradient", [p.grad for p in self.parameters if p.grad is not None])
@@ -84,7 +88,11 @@ class PPO:
                 grad_norms.append(flat([p.grad for p in self.parameters]).norm().item())
             self.optimizer.step()
             check_finite("parameters after the outer step", self.parameters)
-        loss_after, kl_after = loss_and_kl(policy, batch, inner, old_pi)
+        path = self.current_path(batch)  # at the new θ
+        with torch.no_grad():
+            pi = distribution(policy, path[-1], batch.outer.observations)
+            loss_after = surrogate_loss(policy, path[-1], batch.outer, pi).item()
+            kl_after = mean_kl(old_pi, pi, batch.outer.mask).item()
         stats = {
             "loss/outer": losses[0],
             "loss/outer_after": loss_after,
@@ -93,8 +101,17 @@ class PPO:
             **outer_statistics(policy, batch, old_pi),
             "optim/grad_norm": grad_norms[0],
         }
-        self.finish(batch, prepared, stats)
+        self.finish(batch, prepared, path, stats)
         return stats
+
+    def current_path(self, batch: MetaBatch) -> list[Params]:
+        """θ^(0), …, θ' at the current θ, without a graph (what sampling recorded, while θ is unchanged)."""
+        recorded = batch.adaptation_at(self.policy, self.inner)
+        if recorded is not None:
+            return recorded
+        theta = per_task(detach(parameters_of(self.policy)), len(batch.tasks))
+        with torch.no_grad():
+            return [detach(p) for p in self.inner.adaptation_path(self.policy, theta, batch.inner, create_graph=False)]
 
     def _adaptation_path(self, batch: MetaBatch) -> list[Params]:
         """θ^(0) = θ, θ^(1), …, θ' per task, differentiable in θ (second order unless first-order)."""

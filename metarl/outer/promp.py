@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from metarl.config import OuterConfig
-from metarl.functional import Params, detach, distribution, parameters_of, per_task
+from metarl.functional import Params, distribution
 from metarl.inner import InnerLoop
 from metarl.maml import MetaBatch
 from metarl.outer.ppo import PPO, inner_kls
@@ -55,10 +55,12 @@ class ProMP(PPO):
         kls = inner_kls(self.policy, batch, path, prepared)
         return sum((coef * kl for coef, kl in zip(self.kl_coefs, kls, strict=True)), torch.zeros(()))
 
-    def finish(self, batch: MetaBatch, prepared: list[Distribution], stats: dict[str, float]) -> None:
+    def finish(
+        self, batch: MetaBatch, prepared: list[Distribution], path: list[Params], stats: dict[str, float]
+    ) -> None:
         """The inner KLs after the epochs, and the coefficients (adapted to them when ``outer.adaptive_kl``)."""
         with torch.no_grad():
-            kls = [kl.item() for kl in inner_kls(self.policy, batch, self._current_path(batch), prepared)]
+            kls = [kl.item() for kl in inner_kls(self.policy, batch, path, prepared)]
         stats["policy/inner_kl"] = sum(kls) / max(len(kls), 1)
         stats["optim/kl_coef"] = sum(self.kl_coefs) / max(len(self.kl_coefs), 1)
         if self.config.adaptive_kl:
@@ -67,15 +69,9 @@ class ProMP(PPO):
 
     def _inner_policies(self, batch: MetaBatch) -> list[Distribution]:
         """π_θ^(k) on inner step k's observations, at the current θ (constants)."""
-        path = self._current_path(batch)
+        path = self.current_path(batch)
         with torch.no_grad():
             return [distribution(self.policy, p, e.observations) for p, e in zip(path, batch.inner, strict=False)]
-
-    def _current_path(self, batch: MetaBatch) -> list[Params]:
-        """θ^(0), …, θ' at the current θ, without a graph."""
-        theta = per_task(detach(parameters_of(self.policy)), len(batch.tasks))
-        with torch.no_grad():
-            return [detach(p) for p in self.inner.adaptation_path(self.policy, theta, batch.inner, create_graph=False)]
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "kl_coefs": self.kl_coefs}
