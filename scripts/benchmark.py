@@ -20,6 +20,11 @@ fresh child process where noted):
 It prints a table with the ratios sampler / limits and each phase's share, and writes JSON. A
 benchmark, not a test: the machine's load moves the numbers, so compare ratios taken in one run.
 
+    python scripts/benchmark.py experiments/navigation_2d.yaml --algorithms trpo,promp,ppo
+
+times each outer algorithm's meta-iteration, split into phases, in fresh processes one after the
+other (the ratios to the first are the comparison).
+
     python scripts/benchmark.py experiments/navigation_2d.yaml --side-by-side [--iterations 8]
 
 measures instead how runs share the machine: ``metarl train`` alone, then two copies started
@@ -170,7 +175,7 @@ def sampler_rate(config: Config, workers: int) -> dict[str, float]:
     return {"env_steps_per_s": episodes.num_steps / elapsed, "env_steps": episodes.num_steps, "seconds": elapsed}
 
 
-def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, Any]:
+def meta_iterations(config_dict: dict[str, Any], iterations: int, products: bool = True) -> dict[str, Any]:
     """Run `iterations` meta-iterations with `metarl.train`'s own iteration; per-phase seconds and peak RSS."""
     from metarl.curvature import supports_fast_curvature
     from metarl.logger import RunLogger
@@ -199,6 +204,12 @@ def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, A
             records.append(record)
         logger.close()
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the comparison below
+    kept = records[1:] or records  # the first iteration builds the environments
+    medians = {key: statistics.median(r.get(key, 0.0) for r in kept) for key in records[0]}
+    result = {"iterations": iterations, "median": medians, "per_iteration": records, "peak_rss_mib": peak_rss_mib}
+    if not products:
+        state.sampler.close()
+        return result
     # The curvature product of each CG iteration, each way on the last batch (interleaved, best of 3).
     policy = state.policy
     v = torch.randn(sum(p.numel() for p in policy.parameters()))
@@ -214,13 +225,8 @@ def meta_iterations(config_dict: dict[str, Any], iterations: int) -> dict[str, A
             product(v)
             seconds[name].append(time.perf_counter() - start)
     state.sampler.close()
-    kept = records[1:] or records  # the first iteration builds the environments
-    medians = {key: statistics.median(r.get(key, 0.0) for r in kept) for key in records[0]}
     return {
-        "iterations": iterations,
-        "median": medians,
-        "per_iteration": records,
-        "peak_rss_mib": peak_rss_mib,
+        **result,
         "curvature_product_s": {name: min(t[1:]) for name, t in seconds.items()},
         "torch_threads": torch.get_num_threads(),
     }
@@ -287,6 +293,28 @@ def side_by_side(args: argparse.Namespace) -> None:
         print(f"\nwritten to {args.out}")
 
 
+def compare_algorithms(args: argparse.Namespace) -> None:
+    """Each outer algorithm's meta-iteration on the config's sizes, one fresh process each, one after another."""
+    names = args.algorithms.split(",")
+    results = {}
+    for name in names:
+        config = load_config(args.config, [*args.set, f"outer.algo={name}"])
+        results[name] = in_child_process(meta_iterations, config.to_dict(), args.iterations, False)
+    first = names[0]
+    print(f"{args.config}: meta-iteration by outer algorithm, median of {max(args.iterations - 1, 1)} (seconds)")
+    print(f"  {'phase':<22}" + "".join(f"{n:>12}" for n in names))
+    for phase in ("iteration_s", "sample_s", "advantages_s", "adapt_s", "outer_s", *PHASES[3:6], "log_s"):
+        row = [results[n]["median"].get(phase, 0.0) for n in names]
+        print(f"  {phase.removesuffix('_s'):<22}" + "".join(f"{v:>12.3f}" for v in row))
+    ratios = {n: results[n]["median"]["iteration_s"] / results[first]["median"]["iteration_s"] for n in names}
+    print("  iteration / " + first + ": " + ", ".join(f"{n} {r:.2f}" for n, r in ratios.items()))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        summary = {"config": args.config, "overrides": args.set, "cores": CORES, "algorithms": results}
+        args.out.write_text(json.dumps({**summary, "ratios_to_first": ratios}, indent=1))
+        print(f"\nwritten to {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config (its env id and sizes are benchmarked)")
@@ -299,9 +327,17 @@ def main() -> None:
         action="store_true",
         help="measure only how runs share the machine: metarl train alone, then two at once",
     )
+    parser.add_argument(
+        "--algorithms",
+        metavar="A,B,...",
+        help="measure only the meta-iteration of these outer algorithms (e.g. trpo,promp), side by side",
+    )
     args = parser.parse_args()
     if args.side_by_side:
         side_by_side(args)
+        return
+    if args.algorithms:
+        compare_algorithms(args)
         return
     warnings.filterwarnings("ignore", message="the task distribution has too few distinct tasks")
 

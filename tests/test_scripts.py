@@ -72,3 +72,13 @@ def test_benchmark_side_by_side_times_one_run_and_two_at_once(tmp_path):
         assert runs["alone_s"] > 0 and len(runs["two_at_once_s"]) == 2
         assert runs["slowdown"] == [t / runs["alone_s"] for t in runs["two_at_once_s"]]
     assert "two at once" in stdout and "slowdown" in stdout
+
+
+def test_benchmark_compares_outer_algorithms_side_by_side(tmp_path):
+    out = tmp_path / "algorithms.json"
+    stdout = run_script("benchmark.py", SMOKE, "--algorithms", "trpo,promp", "--iterations", "2", "--out", str(out))
+    result = json.loads(out.read_text())
+    assert set(result["algorithms"]) == {"trpo", "promp"} and result["ratios_to_first"]["trpo"] == 1.0
+    assert result["algorithms"]["trpo"]["median"]["conjugate_gradient_s"] > 0
+    assert result["algorithms"]["promp"]["median"]["outer_s"] > 0
+    assert "iteration / trpo" in stdout
