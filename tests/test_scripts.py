@@ -82,3 +82,49 @@ def test_benchmark_compares_outer_algorithms_side_by_side(tmp_path):
     assert result["algorithms"]["trpo"]["median"]["conjugate_gradient_s"] > 0
     assert result["algorithms"]["promp"]["median"]["outer_s"] > 0
     assert "iteration / trpo" in stdout
+
+
+def test_plot_training_draws_labelled_runs_against_env_steps_and_wall_clock(tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        run = tmp_path / name
+        run.mkdir()
+        lines = [
+            {
+                "iteration": i,
+                "returns/pre_adaptation": -40.0 + i,
+                "returns/post_adaptation": -30.0 + 2 * i,
+                "time/env_steps": 1000.0 * i,
+                "time/iteration_s": 0.5,
+                "time/previous_log_s": 0.01,
+            }
+            for i in range(1, 4)
+        ]
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+        runs.append(f"{name}={run}")
+    out = tmp_path / "curves.png"
+    run_script("plot_training.py", *runs, "--against", "env_steps", "wall_clock", "--post-only", "--out", str(out))
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_to_quality_finds_the_first_checkpoint_that_reaches_a_return(tmp_path):
+    settings = ["train.checkpoint_every=1", "train.keep_checkpoints=10", "train.iterations=2", "train.num_threads=1"]
+    args = [
+        sys.executable,
+        "-m",
+        "metarl",
+        "train",
+        SMOKE,
+        "--logdir",
+        str(tmp_path),
+        "--run-name",
+        "r",
+        "--no-progress",
+    ]
+    subprocess.run([*args, *(x for s in settings for x in ("--set", s))], check=True, capture_output=True, cwd=ROOT)
+    out = tmp_path / "ttq.json"
+    stdout = run_script("time_to_quality.py", str(tmp_path / "r"), "--threshold", "-1000", "--out", str(out))
+    [result] = json.loads(out.read_text())
+    assert [p["iteration"] for p in result["curve"]] == [1, 2]
+    assert result["reached"]["iteration"] == 1 and result["reached"]["seconds"] > 0  # any return beats -1000
+    assert "first checkpoint with a return >= -1000.0" in stdout
