@@ -85,7 +85,7 @@ def _after_training(args: argparse.Namespace, run_dir: Path, config: Any, truste
     print(f"TensorBoard:   tensorboard --logdir {shlex.quote(str(run_dir.parent))}")
     if args.evaluate:
         print(f"\nevaluating on {config.evaluation.num_tasks} held-out tasks ...")
-        _print_result(evaluate(run_dir, trust_modules=trusted))
+        _print_result(evaluate(run_dir, trust_modules=trusted, checkpoint=config.evaluation.checkpoint))
     else:
         trust = "".join(f" --trust-module {shlex.quote(m)}" for m in _modules_to_trust(config.env.id))
         print(f"evaluate with: metarl evaluate {shlex.quote(str(run_dir))}{trust}")
@@ -114,6 +114,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         _baseline_lrs(args.baseline_lr or []),
         args.video,
         trust_modules=list(args.trust_module or []),
+        checkpoint=args.checkpoint,
     )
     _print_result(result)
     return 0
@@ -305,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
         "report the mean return after 0..K steps with 95% confidence intervals.",
     )
     evaluate.add_argument("run", help="run directory or checkpoint file")
+    evaluate.add_argument(
+        "--checkpoint",
+        choices=["newest", "best"],
+        default="newest",
+        help="for a run directory: its newest checkpoint (default), or best.pt (the θ with the highest "
+        "post-adaptation return on training tasks)",
+    )
     evaluate.add_argument("--tasks", type=int, help="number of held-out tasks (default: config, 40)")
     evaluate.add_argument("--adapt-steps", type=int, help="adaptation steps K (default: config, 3)")
     evaluate.add_argument("--episodes", type=int, help="episodes per task per step (default: config)")

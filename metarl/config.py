@@ -190,6 +190,9 @@ class EvaluationConfig:
     batch_unit: Literal["episodes", "steps"] | None = None
     """How each adaptation step's batch is counted (see ``env.batch_unit``; null: as in training).
     The MAML paper's protocol counts steps: 40 x 100 = 4,000 per step for 2D navigation."""
+    checkpoint: Literal["newest", "best"] = "newest"
+    """The checkpoint ``metarl train --evaluate`` evaluates: the newest (the final θ of a finished run),
+    or ``best.pt``, the θ with the highest post-adaptation return on training tasks."""
 
 
 @dataclasses.dataclass(frozen=True)

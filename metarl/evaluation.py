@@ -367,6 +367,7 @@ def evaluate(
     baseline_lrs: Mapping[str, float] | None = None,
     videos: int = 0,
     trust_modules: Collection[str] = (),
+    checkpoint: str = "newest",
 ) -> EvaluationResult:
     """Evaluate the meta-policy of a run directory or checkpoint on unseen tasks.
 
@@ -385,6 +386,8 @@ def evaluate(
     ``videos``: record one episode before and one after adaptation for this many tasks.
     ``trust_modules``: modules (or ``module:Name`` entry points) that the checkpoints' ``env.id``
     may import (see `load`); a registered Gymnasium id needs none.
+    ``checkpoint``: for a run directory, its ``newest`` checkpoint or its ``best`` (``best.pt``: the
+    θ with the highest post-adaptation return on training tasks).
     Unset arguments take the run's ``evaluation`` config. Results are written to `out_dir`
     (default: ``<run dir>/eval``, or ``eval_ood``).
     """
@@ -393,6 +396,12 @@ def evaluate(
     given_tasks = _read_tasks(tasks_file) if tasks_file is not None else None
     if given_tasks is not None:
         num_tasks, split = len(given_tasks), "file"
+    if checkpoint not in ("newest", "best"):
+        raise ValueError(f"checkpoint must be 'newest' or 'best', got {checkpoint!r}")
+    if checkpoint == "best" and Path(path).is_dir():
+        path = Path(path) / "checkpoints" / "best.pt"
+        if not path.is_file():
+            raise CheckpointError(f"'{path}' does not exist: the run has no best.pt; evaluate its newest checkpoint")
     meta_policy = load(path, trust_modules)
     methods = {method_name(meta_policy.config): meta_policy}
     for name, other in _parse_baselines(baselines, methods).items():

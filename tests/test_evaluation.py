@@ -355,3 +355,10 @@ def test_learned_step_sizes_are_used_and_reported_by_evaluation(tmp_path, capsys
     assert "maml: learned inner step sizes (Meta-SGD), mean" in out and "learned step sizes, × 0.5" in out
     summary = json.loads((run / "eval" / "eval.json").read_text())["protocol"]["methods"]["maml"]
     assert summary["lr"] == "learned" and summary["learned_lr"]["min"] < summary["learned_lr"]["max"]
+
+
+def test_evaluate_can_take_a_run_s_best_checkpoint(runs, tmp_path, capsys):
+    best = load_checkpoint(runs["maml"] / "checkpoints" / "best.pt")
+    assert main(["evaluate", str(runs["maml"]), "--checkpoint", "best", "--tasks", "2", "--out", str(tmp_path)]) == 0
+    protocol = json.loads((tmp_path / "eval.json").read_text())["protocol"]
+    assert protocol["checkpoint"].endswith("best.pt") and protocol["iteration"] == best["iteration"]
