@@ -182,7 +182,8 @@ class EvaluationConfig:
     episodes_per_task: int = 40
     """Episodes per task per adaptation step (the paper: 40 × 100 steps = 4,000 for 2D navigation)."""
     lr: float | None = None
-    """First-step size (default: ``inner.lr``)."""
+    """First-step size (default: ``inner.lr``). Learned step sizes (``inner.learn_lr``) are used as
+    learned instead."""
     later_lr_scale: float = 0.5
     """Later steps use ``lr * later_lr_scale`` (the paper: 0.1, then 0.05)."""
     seed: int = 1

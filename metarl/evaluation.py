@@ -462,7 +462,8 @@ def evaluate(
                 torch.manual_seed(protocol["seed"] + 1)
                 policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
                 method = methods[name] = MetaPolicy(policy, config)
-            lr = (baseline_lrs or {}).get(name, config.evaluation.lr)  # None: the method's own α
+            # None: the method's own α (learned step sizes are the method's, whatever evaluation.lr says)
+            lr = (baseline_lrs or {}).get(name, None if method.inner.learned else config.evaluation.lr)
             # An oracle is evaluated as it is, without adaptation (as in the MAML paper).
             steps = 0 if method.observes_task else protocol["adapt_steps"]
             # Every method starts from the same random state (common random numbers): its numbers do
