@@ -297,15 +297,17 @@ def compare_algorithms(args: argparse.Namespace) -> None:
     """Each outer algorithm's meta-iteration on the config's sizes, one fresh process each, one after another."""
     names = args.algorithms.split(",")
     results = {}
-    for name in names:
-        config = load_config(args.config, [*args.set, f"outer.algo={name}"])
+    for name in names:  # "promp" or "promp+outer.precision=bfloat16": an algorithm and settings of its own
+        algo, *settings = name.split("+")
+        config = load_config(args.config, [*args.set, f"outer.algo={algo}", *settings])
         results[name] = in_child_process(meta_iterations, config.to_dict(), args.iterations, False)
     first = names[0]
     print(f"{args.config}: meta-iteration by outer algorithm, median of {max(args.iterations - 1, 1)} (seconds)")
-    print(f"  {'phase':<22}" + "".join(f"{n:>12}" for n in names))
+    width = max(12, *(len(n) + 2 for n in names))
+    print(f"  {'phase':<22}" + "".join(f"{n:>{width}}" for n in names))
     for phase in ("iteration_s", "sample_s", "advantages_s", "adapt_s", "outer_s", *PHASES[3:6], "log_s"):
         row = [results[n]["median"].get(phase, 0.0) for n in names]
-        print(f"  {phase.removesuffix('_s'):<22}" + "".join(f"{v:>12.3f}" for v in row))
+        print(f"  {phase.removesuffix('_s'):<22}" + "".join(f"{v:>{width}.3f}" for v in row))
     ratios = {n: results[n]["median"]["iteration_s"] / results[first]["median"]["iteration_s"] for n in names}
     print("  iteration / " + first + ": " + ", ".join(f"{n} {r:.2f}" for n, r in ratios.items()))
     if args.out:
@@ -330,7 +332,8 @@ def main() -> None:
     parser.add_argument(
         "--algorithms",
         metavar="A,B,...",
-        help="measure only the meta-iteration of these outer algorithms (e.g. trpo,promp), side by side",
+        help="measure only the meta-iteration of these outer algorithms, side by side, each optionally with "
+        "settings of its own: trpo,promp,promp+outer.precision=bfloat16",
     )
     args = parser.parse_args()
     if args.side_by_side:

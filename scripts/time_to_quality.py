@@ -37,7 +37,7 @@ def env_steps(run: Path) -> dict[int, float]:
     return {m["iteration"]: m.get("time/env_steps", 0.0) for m in lines}
 
 
-def time_to_quality(run: Path, threshold: float, steps: int) -> dict:
+def time_to_quality(run: Path, threshold: float, steps: int, stop_at_first: bool = False) -> dict:
     """Return after `steps` steps of every checkpoint, and the first that reaches `threshold`."""
     checkpoints = sorted((run / "checkpoints").glob("iter_*.pt"), key=lambda p: int(re.sub(r"\D", "", p.stem)))
     seconds, used = training_seconds(run), env_steps(run)
@@ -52,6 +52,8 @@ def time_to_quality(run: Path, threshold: float, steps: int) -> dict:
         print(f"  {run.name} iteration {iteration:4d}: {mean:8.2f} after {steps} step(s), {point['seconds']:7.1f} s")
         if reached is None and mean >= threshold:
             reached = point
+            if stop_at_first:
+                break
     return {"run": str(run), "threshold": threshold, "steps": steps, "reached": reached, "curve": curve}
 
 
@@ -60,9 +62,12 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories with iter_*.pt checkpoints")
     parser.add_argument("--threshold", type=float, required=True, help="return to reach, e.g. -11.7")
     parser.add_argument("--steps", type=int, default=1, help="adaptation steps after which the return counts")
+    parser.add_argument(
+        "--stop-at-first", action="store_true", help="evaluate no checkpoint after the first that reaches it"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args()
-    results = [time_to_quality(run, args.threshold, args.steps) for run in args.runs]
+    results = [time_to_quality(run, args.threshold, args.steps, args.stop_at_first) for run in args.runs]
     print(f"\nfirst checkpoint with a return >= {args.threshold} after {args.steps} step(s):")
     for r in results:
         reached = r["reached"]
