@@ -231,7 +231,7 @@ def _train(
 def _check_precision(config: Config, policy: torch.nn.Module) -> None:
     """``outer.curvature_precision`` needs metarl's Gaussian MLP; bfloat16 without bfloat16 units is slow."""
     precision = config.outer.curvature_precision
-    if config.outer.algo == "trpo" and precision != "full" and not supports_fast_curvature(policy):
+    if precision != "full" and not supports_fast_curvature(policy):  # (only TRPO takes the setting)
         raise ConfigError(
             [
                 f"'outer.curvature_precision={precision}' needs the Gaussian MLP policy of "

@@ -88,18 +88,23 @@ def test_a_clamped_log_std_has_no_curvature():
 
 @pytest.mark.parametrize("steps", [1, 2])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_trpo_meta_gradient_through_the_jacobian_equals_autograd(steps, first_order):
+@pytest.mark.parametrize("estimator", ["reinforce", "lvc", "dice"])
+def test_trpo_meta_gradient_through_the_jacobian_equals_autograd(steps, first_order, estimator):
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(2, 2, (6, 5), "tanh", init_std=0.7).double()
     g = torch.Generator().manual_seed(4)
     batch = MetaBatch([0, 1], tuple(synthetic_episodes(g) for _ in range(steps)), synthetic_episodes(g), ())
     batch = MetaBatch(batch.tasks, tuple(pack_steps(e) for e in batch.inner), pack_steps(batch.outer), ())
-    inner = InnerLoop(0.5, first_order=first_order)
+    inner = InnerLoop(0.5, estimator=estimator, first_order=first_order)
     loss, _ = meta_loss(policy, batch, inner)
     expected = flat(torch.autograd.grad(loss, list(policy.parameters())))
-    value, gradient = adaptation_curvature(policy, batch, inner).meta_gradient(policy, batch.outer)
+    curvature = adaptation_curvature(policy, batch, inner)
+    value, gradient = curvature.meta_gradient(policy, batch.outer)
     torch.testing.assert_close(value, loss.detach())
     torch.testing.assert_close(gradient, expected)
+    # The trust region's KL Hessian through the adaptation, for every estimator's inner Hessian.
+    v, reference = kl_hessian_product_by_double_backward(policy, batch, inner, g)
+    torch.testing.assert_close(curvature.kl_hessian_product(0.0)(v), reference)
 
 
 @pytest.mark.parametrize("backend", ["auto", "autograd"])
