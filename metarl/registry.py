@@ -63,8 +63,8 @@ OUTER_ALGORITHMS: dict[str, AlgorithmSpec] = {
     ),
     "promp": AlgorithmSpec(
         "metarl.outer.promp:ProMP",
-        "ProMP: MAML-PPO with the LVC inner estimator and an adaptive KL penalty between the sampling and "
-        "the current pre-update policy",
+        "ProMP: MAML-PPO with the LVC inner estimator and a KL penalty (adaptive with outer.adaptive_kl) "
+        "between the sampling and the current pre-update policy",
         "Rothfuss et al. 2019",
         (*_CLIPPED, "kl_target", "kl_coef", "adaptive_kl"),
         estimator="lvc",
