@@ -11,9 +11,9 @@ sizes), evaluation, videos and the deploy API (`metarl.load(...).adapt`).
 
   - ``reinforce``: ``log π · Â`` (the MAML paper's; the Hessian ``E[∇²log π · Â]``, term H2 of
     Rothfuss et al. 2019);
-  - ``lvc``: ``π/⊥π · Â`` with ⊥ a stop-gradient (ProMP's low-variance curvature; its expected
-    Hessian adds ``E[∇log π ∇log πᵀ · Â]``, H1: the dependence of the sampling distribution on θ,
-    per step);
+  - ``lvc``: ``π_θ/π_θo · Â`` with θo the parameters that sampled the episodes (ProMP's
+    low-variance curvature J_LR; at θo its expected Hessian adds ``E[∇log π ∇log πᵀ · Â]``, H1: the
+    dependence of the sampling distribution on θ, per step);
   - ``dice``: ``(□(Σ_{t'≤t} log π) − □(Σ_{t'<t} log π)) · Â`` with the magic box
     ``□(x) = exp(x − ⊥x)`` (Foerster et al. 2018, with the baseline of Farquhar et al. 2019):
     unbiased Hessian of the expected return, cross-step terms included, at a higher variance.
@@ -90,7 +90,9 @@ def inner_loss(policy: nn.Module, params: Params, episodes: Episodes, estimator:
     if estimator == "reinforce":
         surrogate = log_probs
     elif estimator == "lvc":
-        surrogate = magic_box(log_probs)  # π/⊥π
+        # π_θ/π_θo with θo the sampling parameters (ProMP's J_LR): 1 at θo, importance-weighted away
+        # from it (the epochs of PPO and ProMP adapt again from a θ that has moved).
+        surrogate = torch.exp(log_probs - episodes.log_probs)
     elif estimator == "dice":
         so_far = within_episode_cumsum(log_probs * episodes.mask, episodes.first_step)
         surrogate = magic_box(so_far) - magic_box(so_far - log_probs)
