@@ -74,6 +74,16 @@ FAMILIES = {
     },
 }
 
+# Meta-World's benchmarks (needs the metaworld extra; imported when made): ML1 takes env_name="reach-v3" etc.
+FAMILIES.update(
+    {
+        f"MetaRL/{benchmark}-v0": dict(
+            entry_point="envs.metaworld:MetaWorldEnv", kwargs={"benchmark": benchmark}, max_episode_steps=500
+        )
+        for benchmark in ("ML1", "ML10", "ML45")
+    }
+)
+
 # The HalfCheetah families step all copies in one batched MuJoCo call (envs/batched.py).
 FAMILIES["MetaRL/HalfCheetahRandParams-v0"]["vector_entry_point"] = vector_entry_point(HalfCheetahRandParamsEnv)
 FAMILIES["MetaRL/HalfCheetahCrippled-v0"]["vector_entry_point"] = vector_entry_point(HalfCheetahCrippledEnv)

@@ -21,7 +21,10 @@
    one-hot direction, a goal relative to the robot); the reset check finds any task dependence of
    the first observation;
 9. **picklable**: ``pickle`` round-trips the environment with its task (same task, same rollout)
-   and the tasks themselves (worker processes receive tasks by pickle).
+   and the tasks themselves (worker processes receive tasks by pickle);
+10. **fixed task lists**, only for a family that declares them (``task_lists()``): "train" and
+   "test" lists (and optionally "ood"), no task in both, and every listed task set on the env
+   round-trips through JSON.
 
 Rollouts use a fixed seed and a fixed sequence of actions sampled from the action space, so any
 difference between two rollouts comes from the task.
@@ -48,7 +51,7 @@ from gymnasium.utils.env_checker import check_env
 
 from metarl.errors import EnvError
 from metarl.make import make_env
-from metarl.tasks import task_to_json
+from metarl.tasks import declared_task_lists, task_key, task_to_json
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -62,6 +65,7 @@ TITLES = {
     "reset_keeps_task": "reset keeps task",
     "task_not_observed": "no task in observation",
     "picklable": "picklable",
+    "task_lists": "fixed task lists",
 }
 
 
@@ -178,6 +182,8 @@ class _Checker:
                 results.append(CheckResult(name, "skip", "needs two different tasks from sample_tasks"))
             else:
                 results.append(self._guarded(name, check))
+        if protocol.passed and _wrapper_attr(self.env, "task_lists") is not _MISSING:
+            results.append(self._guarded("task_lists", self.check_task_lists))
         with contextlib.suppress(Exception):
             self.env.close()
         return results
@@ -480,9 +486,12 @@ class _Checker:
         tasks = self.distinct[:3]
         rollouts = [self._rollout(task) for task in tasks]
         first_obs = np.stack([r.observations[0] for r in rollouts])
-        differs = np.flatnonzero(np.any(first_obs != first_obs[0], axis=0))
+        # Components the family declares task-dependent by design (Meta-World: the object's start).
+        declared, why = _declared_observed(self.env)
+        varying = np.flatnonzero(np.any(first_obs != first_obs[0], axis=0))
+        differs = np.array([i for i in varying if i not in declared], dtype=int)
         values = [_task_values(task) for task in tasks]
-        copies = _copied_values(rollouts, values, after_reset=False)
+        copies = [c for c in _copied_values(rollouts, values, after_reset=False) if c[0] not in declared]
         fix = (
             "keep the task out of the observation: the policy must infer it from rewards (put it in info['task'] "
             "for logging); a start state that depends on the task reveals it too"
@@ -494,7 +503,7 @@ class _Checker:
             if copies:
                 message += f"; {_describe_copies(copies)}"
             return CheckResult("task_not_observed", "fail", message, fix)
-        copies = _copied_values(rollouts, values, after_reset=True)
+        copies = [c for c in _copied_values(rollouts, values, after_reset=True) if c[0] not in declared]
         if copies:
             return CheckResult(
                 "task_not_observed",
@@ -502,11 +511,51 @@ class _Checker:
                 f"{_describe_copies(copies)} at every step after reset, for {len(tasks)} different tasks",
                 fix,
             )
+        notes = ()
+        if declared:
+            shown = _indices(np.array(sorted(declared)))
+            seen = "; they differ between the tasks here" if varying.size else ""
+            notes = (f"components {shown} may depend on the task by the family's design: {why}{seen}",)
         return CheckResult(
             "task_not_observed",
             "pass",
-            f"the first observation is the same for {len(tasks)} tasks; no observation component copies a task value",
+            f"the first observation is the same for {len(tasks)} tasks"
+            + (" outside the declared components" if declared else "")
+            + "; no observation component copies a task value",
+            notes=notes,
         )
+
+    def check_task_lists(self) -> CheckResult:
+        fix = "return {'train': [...], 'test': [...]} (and optionally 'ood') from task_lists(), each a list of tasks"
+        try:
+            self._where = "(in task_lists)"
+            lists = declared_task_lists(self.env)
+        except EnvError as error:
+            return CheckResult("task_lists", "fail", str(error), fix)
+        assert lists is not None
+        keys = {split: {task_key(t) for t in tasks} for split, tasks in lists.items()}
+        shared = keys["train"] & keys["test"]
+        if shared:
+            return CheckResult(
+                "task_lists",
+                "fail",
+                f"{len(shared)} task(s) are in both the train and the test list, e.g. {sorted(shared)[0][:200]}",
+                "keep the test list out of the train list: held-out tasks must never be trained on",
+            )
+        for split, tasks in lists.items():
+            for task in tasks:
+                self._where = f"(while setting the {split} task {_show(task)})"
+                self._set_task(json.loads(json.dumps(task_to_json(task))))
+                if task_key(self._get_task()) != task_key(task):
+                    return CheckResult(
+                        "task_lists",
+                        "fail",
+                        f"the {split} task {_show(task)} became {_show(self._get_task())} set from its JSON form",
+                        "accept the JSON form of a listed task back in the task setter",
+                    )
+        self._where = ""
+        sizes = ", ".join(f"{len(tasks)} {split}" for split, tasks in lists.items())
+        return CheckResult("task_lists", "pass", f"{sizes} tasks, train and test disjoint, all settable from JSON")
 
     def check_picklable(self) -> CheckResult:
         task = self.distinct[-1]
@@ -634,6 +683,15 @@ def _task_values(task: Any) -> dict[str, float]:
 
     walk(task_to_json(task), "")
     return values
+
+
+def _declared_observed(env: gym.Env) -> tuple[set[int], str]:
+    """Observation components a family declares task-dependent by design, with its reason:
+    ``metadata["observed_task"] = {"components": [...], "why": "..."}``."""
+    declared = env.metadata.get("observed_task") if isinstance(env.metadata, Mapping) else None
+    if not declared:
+        return set(), ""
+    return {int(i) for i in declared.get("components", ())}, str(declared.get("why", ""))
 
 
 def _copied_values(

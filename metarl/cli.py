@@ -134,6 +134,8 @@ def _baseline_lrs(entries: Sequence[str]) -> dict[str, float]:
 
 
 def _print_result(result) -> None:
+    from metarl.evaluation import SPLIT_WORDS
+
     p = result.protocol
     first = next(iter(p.get("methods", {}).values()), {})
     sizes = (
@@ -143,7 +145,7 @@ def _print_result(result) -> None:
     )
     print(
         f"\n{result.env_id}: mean return over {len(result.tasks)} "
-        f"{ {'test': 'held-out', 'ood': 'out-of-distribution', 'file': 'given'}[p['split']] } tasks (± 95% CI), "
+        f"{SPLIT_WORDS[p['split']]} tasks (± 95% CI), "
         f"{p['episodes_per_task']} episodes per step, {sizes}\n"
     )
     print(result.table())
@@ -169,13 +171,18 @@ def _task_distribution_doc(cls: type) -> str:
 def _envs(args: argparse.Namespace) -> int:
     from gymnasium.envs.registration import registry
 
+    from metarl.errors import EnvError
     from metarl.make import make_env
     from metarl.tasks import ensure_registered, horizon_of
 
     ensure_registered("MetaRL/Navigation2D-v0")
     for env_id in sorted(i for i in registry if i.startswith("MetaRL/")):
-        env = make_env(env_id)
         print(f"{env_id}")
+        try:
+            env = make_env(env_id)
+        except EnvError as error:  # e.g. an optional extra that is not installed
+            print(f"  unavailable   {error.__cause__ or error}")
+            continue
         print(f"  horizon       {horizon_of(env)}")
         print(f"  observation   {env.observation_space}")
         print(f"  action        {env.action_space}")
@@ -319,9 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, help="seed of the sampling noise (default: config)")
     evaluate.add_argument(
         "--split",
-        choices=["test", "ood"],
+        choices=["test", "ood", "train"],
         default="test",
-        help="test: held-out tasks of the training distribution; ood: tasks outside it (default: test)",
+        help="test: held-out tasks (a benchmark's test list); ood: tasks outside the training distribution; "
+        "train: training tasks (a benchmark's train list), for meta-train figures (default: test)",
     )
     evaluate.add_argument(
         "--batch-unit",

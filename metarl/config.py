@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from metarl.errors import ConfigError
+from metarl.info_metrics import AGGREGATIONS, DEFAULT_INFO_METRICS
 from metarl.registry import OUTER_ALGORITHMS
 from metarl.rundir import run_name_problem
 from metarl.task_space import task_space_problems
@@ -32,6 +33,8 @@ RESUMABLE_OVERRIDES = (
     "train.keep_checkpoints",
     "env.workers",
     "env.worker_timeout",
+    "env.info_metrics",
+    "env.max_copies",
 )
 
 
@@ -58,6 +61,15 @@ class EnvConfig:
     """Make any environment a task distribution without code: parameter name -> distribution and
     how it is applied (constructor kwarg, attribute, MuJoCo model field, reward goal); see
     ``metarl.task_space`` and the README section "No-code task spaces"."""
+    max_copies: int | None = None
+    """Bounded memory: run each batch's episodes in rounds of whole tasks on at most this many
+    environment copies (at least ``episodes_per_task``), with the same episodes as all at once.
+    Default: the family's own (Meta-World: a few hundred MiB of copies), else all copies at once."""
+    info_metrics: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_INFO_METRICS))
+    """Step-info keys folded into one number per episode and reported next to the returns
+    (TensorBoard, metrics.jsonl, evaluation): key -> ``any`` (1 if non-zero at any step: an episode
+    succeeds if ``info["success"]`` was 1 once), ``mean``, ``sum``, ``max`` or ``last``. Keys the
+    family's infos do not report are left out."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +230,11 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | None]] = {
     "env.horizon": (lambda v: v is None or v > 0, "a positive integer or null"),
     "env.workers": (lambda v: v is None or v >= 1, "at least 1, or null for the default"),
     "env.worker_timeout": (lambda v: v is None or v > 0, "positive seconds, or null for no limit"),
+    "env.max_copies": (lambda v: v is None or v >= 1, "at least 1, or null for the family's default"),
+    "env.info_metrics": (
+        lambda v: all(how in AGGREGATIONS for how in v.values()),
+        f"a mapping of info keys to one of {', '.join(AGGREGATIONS)}",
+    ),
     "policy.hidden_sizes": (lambda v: all(h > 0 for h in v), "a list of positive integers"),
     "policy.init_std": (lambda v: v > 0, "positive"),
     "policy.action_bound": (lambda v: v > 0, "positive"),
@@ -314,6 +331,13 @@ def _combination_problems(config: Config) -> list[str]:
         problems.append(
             "'outer.curvature_stride' keeps every n-th step, which breaks the episodes that the dice estimator "
             "sums over (remove outer.curvature_stride, or choose inner.estimator=reinforce or lvc)"
+        )
+    copies = config.env.max_copies
+    episodes = max(config.inner.episodes_per_task, config.evaluation.episodes_per_task)
+    if copies is not None and copies < episodes:
+        problems.append(
+            f"'env.max_copies' is {copies}, fewer than the {episodes} episodes of one task (inner.episodes_per_task, "
+            f"evaluation.episodes_per_task): rounds run whole tasks, so set env.max_copies to at least {episodes}"
         )
     return problems
 

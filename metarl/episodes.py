@@ -9,7 +9,7 @@ nothing else of metarl, so all of those can use it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -31,6 +31,9 @@ class Episodes:
     # Packed rows only (`pack_steps`): [B, 1, N], the index in the row of the first step of each
     # step's episode, for objectives that sum over an episode's earlier steps (DiCE).
     first_step: Tensor | None = None
+    # Per episode ``[B, E]``: numbers folded from the step infos (`metarl.info_metrics`), e.g.
+    # "success"; NaN where an episode's steps did not report one.
+    metrics: dict[str, Tensor] | None = None
 
     @property
     def returns(self) -> Tensor:
@@ -44,6 +47,20 @@ class Episodes:
         return (self.returns * episodes).sum(-1) / episodes.sum(-1).clamp(min=1)
 
     @property
+    def mean_metrics(self) -> dict[str, Tensor]:
+        """Every info metric's mean over each task's episodes, ``[B]`` (NaN for a task without values)."""
+        if not self.metrics:
+            return {}
+        episodes = self.mask[..., 0] > 0
+        means = {}
+        for name, values in self.metrics.items():
+            counted = episodes & ~torch.isnan(values)
+            total = torch.where(counted, values, torch.zeros_like(values)).sum(-1)
+            count = counted.sum(-1)
+            means[name] = torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+        return means
+
+    @property
     def num_steps(self) -> int:
         """Environment steps in the batch (padding excluded)."""
         return int(self.mask.sum().item())
@@ -52,7 +69,10 @@ class Episodes:
 def concat_episodes(batches: Sequence[Episodes]) -> Episodes:
     """Join batches along the episode dimension, padding shorter ones in time (mask 0)."""
     horizon = max(b.rewards.shape[-1] for b in batches)
-    return Episodes(**{f: torch.cat([_pad(getattr(b, f), 2, horizon) for b in batches], dim=1) for f in FIELDS})
+    return Episodes(
+        **{f: torch.cat([_pad(getattr(b, f), 2, horizon) for b in batches], dim=1) for f in FIELDS},
+        metrics=_join_metrics(batches, lambda values: torch.cat(values, dim=1)),
+    )
 
 
 def pack_steps(episodes: Episodes) -> Episodes:
@@ -73,7 +93,7 @@ def pack_steps(episodes: Episodes) -> Episodes:
             return None
         return x.reshape(num_tasks, -1, *x.shape[3:])[rows, order].unsqueeze(1)
 
-    packed = {f.name: gather(getattr(episodes, f.name)) for f in dataclasses.fields(Episodes) if f.name != "first_step"}
+    packed = {f: gather(getattr(episodes, f)) for f in (*FIELDS, "advantages")}
     # Valid steps keep their order, so an episode starts after the valid steps of the episodes before it.
     lengths = episodes.mask.sum(-1).long()  # [B, E]
     starts = (torch.cumsum(lengths, -1) - lengths).unsqueeze(-1).expand_as(episodes.mask)
@@ -86,7 +106,8 @@ def stack_tasks(batches: Sequence[Episodes]) -> Episodes:
     horizon = max(b.rewards.shape[-1] for b in batches)
     rows = max(b.rewards.shape[1] for b in batches)
     return Episodes(
-        **{f: torch.cat([_pad(_pad(getattr(b, f), 2, horizon), 1, rows) for b in batches], dim=0) for f in FIELDS}
+        **{f: torch.cat([_pad(_pad(getattr(b, f), 2, horizon), 1, rows) for b in batches], dim=0) for f in FIELDS},
+        metrics=_join_metrics(batches, lambda values: torch.cat([_pad(v, 1, rows, float("nan")) for v in values])),
     )
 
 
@@ -94,17 +115,32 @@ def first_episodes_within(episodes: Episodes, budget: int) -> Episodes:
     """The episodes (of one task) that started before `budget` steps had been collected."""
     lengths = episodes.mask[0].sum(-1)
     keep = (torch.cumsum(lengths, 0) - lengths) < budget
-    return Episodes(**{f: getattr(episodes, f)[:, keep] for f in FIELDS})
+    metrics = None if episodes.metrics is None else {k: v[:, keep] for k, v in episodes.metrics.items()}
+    return Episodes(**{f: getattr(episodes, f)[:, keep] for f in FIELDS}, metrics=metrics)
 
 
-def _pad(x: Tensor, dim: int, size: int) -> Tensor:
-    """Zero-pad `x` along `dim` to `size`."""
+def select_tasks(episodes: Episodes, rows: slice | Tensor) -> Episodes:
+    """The episodes of some tasks (a slice or index of the task dimension); advantages are dropped."""
+    metrics = None if episodes.metrics is None else {k: v[rows] for k, v in episodes.metrics.items()}
+    return Episodes(**{f: getattr(episodes, f)[rows] for f in FIELDS}, metrics=metrics)
+
+
+def _join_metrics(batches: Sequence[Episodes], join: Callable[[list[Tensor]], Tensor]) -> dict[str, Tensor] | None:
+    """The info metrics of batches being joined: those that every batch has."""
+    if any(b.metrics is None for b in batches):
+        return None
+    names = set.intersection(*(set(b.metrics) for b in batches))
+    return {name: join([b.metrics[name] for b in batches]) for name in sorted(names)}
+
+
+def _pad(x: Tensor, dim: int, size: int, value: float = 0.0) -> Tensor:
+    """Pad `x` along `dim` to `size` with `value` (zeros)."""
     missing = size - x.shape[dim]
     if missing == 0:
         return x
     shape = list(x.shape)
     shape[dim] = missing
-    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+    return torch.cat([x, x.new_full(shape, value)], dim=dim)
 
 
 FIELDS = ("observations", "actions", "rewards", "mask", "log_probs")
@@ -112,7 +148,8 @@ FIELDS = ("observations", "actions", "rewards", "mask", "log_probs")
 
 def every_nth_step(episodes: Episodes, stride: int) -> Episodes:
     """Every stride-th step of each task's packed row (`pack_steps`): a cheaper curvature sample."""
-    return Episodes(**{f.name: _every(getattr(episodes, f.name), stride) for f in dataclasses.fields(Episodes)})
+    steps = (*FIELDS, "advantages", "first_step")
+    return Episodes(**{f: _every(getattr(episodes, f), stride) for f in steps})
 
 
 def _every(x: Tensor | None, stride: int) -> Tensor | None:

@@ -12,7 +12,7 @@ import csv
 import dataclasses
 import json
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from metarl.memory import check_evaluation_memory
 from metarl.policies import make_policy
 from metarl.rundir import describe_os_error
 from metarl.sampler import Sampler, concat_episodes, env_actions, with_task_features
-from metarl.tasks import TaskSplits, check_trusted_env, task_features, task_to_json
+from metarl.tasks import SPLITS, TaskSplits, check_trusted_env, task_features, task_to_json
 from metarl.threads import on_evaluation_threads
 from metarl.video import record_adaptation_videos
 
@@ -215,28 +215,48 @@ def load(path: str | Path, trust_modules: Collection[str] = ()) -> MetaPolicy:
 
 @dataclasses.dataclass
 class EvaluationResult:
-    """Returns of every task after 0..K adaptation steps for each method."""
+    """Returns of every task after 0..K adaptation steps for each method, and the info metrics
+    (success rate) where the family's steps report them."""
 
     env_id: str
     tasks: list[Any]
     returns: dict[str, np.ndarray]  # method -> [num_tasks, K + 1]
     protocol: dict[str, Any]
+    # method -> info metric (e.g. "success") -> [num_tasks, K + 1], each task's mean over its episodes
+    metrics: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, list[tuple[float, float]]]:
         """Per method, ``(mean, 95% CI half-width)`` over tasks after each step."""
         return {m: [mean_ci95(r[:, k]) for k in range(r.shape[1])] for m, r in self.returns.items()}
 
+    def metric_names(self) -> list[str]:
+        """The info metrics every method has (e.g. ``success``)."""
+        names = [set(self.metrics.get(m, {})) for m in self.returns]
+        return sorted(set.intersection(*names)) if names else []
+
+    def metric_summary(self, name: str) -> dict[str, list[tuple[float, float]]]:
+        """Per method, ``(mean, 95% CI half-width)`` over tasks of an info metric after each step."""
+        return {m: [mean_ci95(v[:, k]) for k in range(v.shape[1])] for m, v in self._metric(name).items()}
+
+    def gains(self, values: Mapping[str, np.ndarray]) -> dict[str, list[tuple[float, float]]]:
+        """Per adapted method, the paired change from step 0 to each later step, ``(mean, CI)`` over tasks."""
+        return {
+            m: [mean_ci95(v[:, k] - v[:, 0]) for k in range(1, v.shape[1])]
+            for m, v in values.items()
+            if self._adapted(m)
+        }
+
+    def _metric(self, name: str) -> dict[str, np.ndarray]:
+        return {m: self.metrics[m][name] for m in self.returns}
+
     def table(self) -> str:
-        steps = next(iter(self.returns.values())).shape[1]
-        width = max(12, *(len(m) + 2 for m in self.returns))
-        header = f"{'method':<{width}}" + "".join(f"{f'{k} step' + ('s' if k != 1 else ''):>20}" for k in range(steps))
-        lines = [header, "-" * len(header)]
-        for method, stats in self.summary().items():
-            if not self._adapted(method):  # the same policy at every step: one number
-                lines.append(f"{method:<{width}}{f'{stats[0][0]:.2f} ± {stats[0][1]:.2f}':>20}   (not adapted)")
-                continue
-            lines.append(f"{method:<{width}}" + "".join(f"{f'{m:.2f} ± {h:.2f}':>20}" for m, h in stats))
-        return "\n".join(lines)
+        """The returns table, and one per info metric (success rates in percent)."""
+        tables = [_table(self.summary(), self._adapted, "{:.2f} ± {:.2f}")]
+        for name in self.metric_names():
+            tables.append(f"\n{name} rate (± 95% CI):" if name == "success" else f"\n{name} (± 95% CI):")
+            fmt = "{:.1%} ± {:.1%}" if name == "success" else "{:.3g} ± {:.2g}"
+            tables.append(_table(self.metric_summary(name), self._adapted, fmt))
+        return "\n".join(tables)
 
     def _adapted(self, method: str) -> bool:
         return self.protocol.get("methods", {}).get(method, {}).get("adapted", True)
@@ -245,14 +265,21 @@ class EvaluationResult:
         """Write ``eval.json``, ``eval.csv`` and, when matplotlib is installed, ``eval.png``."""
         out_dir.mkdir(parents=True, exist_ok=True)
         tasks = [task_to_json(t) for t in self.tasks]
+        names = self.metric_names()
+        metric_summaries = {name: self.metric_summary(name) for name in names}
         summary = {
             m: [
-                {"step": k, "mean": mean, "ci95": half if math.isfinite(half) else None}
+                {
+                    "step": k,
+                    "mean": mean,
+                    "ci95": _finite(half),
+                    # e.g. "success": the success rate over tasks, "success_ci95" its 95% CI half-width
+                    **{f: v for n in names for f, v in _record(n, metric_summaries[n][m][k]).items()},
+                }
                 for k, (mean, half) in enumerate(stats)
             ]
             for m, stats in self.summary().items()
         }
-        per_task = {m: r.tolist() for m, r in self.returns.items()}
         # Methods run on the same tasks, so per-task differences compare them more sharply.
         first, *others = self.returns
         differences = {
@@ -262,26 +289,33 @@ class EvaluationResult:
             ]
             for m in others
         }
-        (out_dir / "eval.json").write_text(
-            json.dumps(
-                {
-                    "env": self.env_id,
-                    "protocol": self.protocol,
-                    "summary": summary,
-                    "paired_differences": differences,
-                    "per_task": per_task,
-                    "tasks": tasks,
-                },
-                indent=1,
-            )
-        )
+        # Each method against itself before adaptation, paired over tasks: did adapting help?
+        gains = {
+            what: {
+                m: [{"step": k, "mean": mean, "ci95": _finite(half)} for k, (mean, half) in enumerate(stats, start=1)]
+                for m, stats in self.gains(values).items()
+            }
+            for what, values in {"return": self.returns, **{n: self._metric(n) for n in names}}.items()
+        }
+        data = {
+            "env": self.env_id,
+            "protocol": self.protocol,
+            "summary": summary,
+            "paired_differences": differences,
+            "gain_over_step_0": gains,
+            "per_task": {m: r.tolist() for m, r in self.returns.items()},
+            "per_task_metrics": {n: {m: v.tolist() for m, v in self._metric(n).items()} for n in names},
+            "tasks": tasks,
+        }
+        (out_dir / "eval.json").write_text(json.dumps(data, indent=1))
         with (out_dir / "eval.csv").open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["method", "task_index", "task", "step", "return"])
+            writer.writerow(["method", "task_index", "task", "step", "return", *names])
             for method, returns in self.returns.items():
                 for i, row in enumerate(returns):
                     for k, value in enumerate(row):
-                        writer.writerow([method, i, json.dumps(tasks[i]), k, f"{value:.6g}"])
+                        extra = [f"{self.metrics[method][n][i, k]:.6g}" for n in names]
+                        writer.writerow([method, i, json.dumps(tasks[i]), k, f"{value:.6g}", *extra])
         written = [out_dir / "eval.json", out_dir / "eval.csv"]
         self.log_tensorboard(out_dir)
         if self.plot(out_dir / "eval.png"):
@@ -290,7 +324,8 @@ class EvaluationResult:
 
     def log_tensorboard(self, out_dir: Path) -> None:
         """Scalars ``eval/<method>`` (mean return over tasks) and ``eval_ci95/<method>`` against the
-        adaptation step, next to the training curves when `out_dir` is inside the run directory."""
+        adaptation step, next to the training curves when `out_dir` is inside the run directory;
+        ``eval_<metric>/<method>`` for info metrics (``eval_success``)."""
         from torch.utils.tensorboard import SummaryWriter
 
         with SummaryWriter(str(out_dir)) as writer:
@@ -299,9 +334,14 @@ class EvaluationResult:
                     writer.add_scalar(f"eval/{method}", mean, k)
                     if math.isfinite(half):
                         writer.add_scalar(f"eval_ci95/{method}", half, k)
+            for name in self.metric_names():
+                for method, stats in self.metric_summary(name).items():
+                    for k, (mean, _) in enumerate(stats):
+                        writer.add_scalar(f"eval_{name}/{method}", mean, k)
 
     def plot(self, path: Path) -> bool:
-        """Return vs. adaptation steps with 95% CIs; False when matplotlib is missing."""
+        """Return (and success rate, where reported) vs. adaptation steps with 95% CIs; False when
+        matplotlib is missing."""
         try:
             import matplotlib
 
@@ -309,24 +349,58 @@ class EvaluationResult:
             import matplotlib.pyplot as plt
         except ImportError:
             return False
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for method, stats in self.summary().items():
-            means, halves = np.array([m for m, _ in stats]), np.array([h for _, h in stats])
-            steps = np.arange(len(means))
-            if self._adapted(method):
-                ax.plot(steps, means, marker="o", label=method)
-            else:
-                ax.plot(steps, means, linestyle="--", label=f"{method} (not adapted)")
-            ax.fill_between(steps, means - halves, means + halves, alpha=0.2)
-        ax.set_xlabel("adaptation steps")
-        ax.set_ylabel("average return")
-        ax.set_xticks(range(len(means)))
-        ax.set_title(f"{self.env_id}: {len(self.tasks)} held-out tasks")
-        ax.legend()
+        panels = [("average return", self.summary())]
+        panels += [(_metric_label(name), self.metric_summary(name)) for name in self.metric_names()]
+        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+        for ax, (label, summary) in zip(axes[0], panels, strict=True):
+            for method, stats in summary.items():
+                means, halves = np.array([m for m, _ in stats]), np.nan_to_num(np.array([h for _, h in stats]))
+                steps = np.arange(len(means))
+                if self._adapted(method):
+                    ax.plot(steps, means, marker="o", label=method)
+                else:
+                    ax.plot(steps, means, linestyle="--", label=f"{method} (not adapted)")
+                ax.fill_between(steps, means - halves, means + halves, alpha=0.2)
+            ax.set_xlabel("adaptation steps")
+            ax.set_ylabel(label)
+            ax.set_xticks(range(len(means)))
+            ax.legend()
+        words = SPLIT_WORDS.get(self.protocol.get("split", "test"), "held-out")
+        fig.suptitle(f"{self.env_id}: {len(self.tasks)} {words} tasks")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
         return True
+
+
+# How each split's tasks are described in tables and plots.
+SPLIT_WORDS = {"test": "held-out", "ood": "out-of-distribution", "train": "training", "file": "given"}
+
+
+def _metric_label(name: str) -> str:
+    return "success rate" if name == "success" else name
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _record(name: str, stats: tuple[float, float]) -> dict[str, float | None]:
+    return {name: stats[0], f"{name}_ci95": _finite(stats[1])}
+
+
+def _table(summary: Mapping[str, list[tuple[float, float]]], adapted: Callable[[str], bool], fmt: str) -> str:
+    """Rows of ``mean ± CI`` after 0..K steps per method; a method that is not adapted gets one number."""
+    steps = len(next(iter(summary.values())))
+    width = max(12, *(len(m) + 2 for m in summary))
+    header = f"{'method':<{width}}" + "".join(f"{f'{k} step' + ('s' if k != 1 else ''):>20}" for k in range(steps))
+    lines = [header, "-" * len(header)]
+    for method, stats in summary.items():
+        if not adapted(method):  # the same policy at every step: one number
+            lines.append(f"{method:<{width}}{fmt.format(*stats[0]):>20}   (not adapted)")
+            continue
+        lines.append(f"{method:<{width}}" + "".join(f"{fmt.format(m, h):>20}" for m, h in stats))
+    return "\n".join(lines)
 
 
 def adaptation_curve(
@@ -337,19 +411,22 @@ def adaptation_curve(
     adapt_steps: int,
     lr: float | None,
     later_lr_scale: float,
-) -> np.ndarray:
+) -> dict[str, np.ndarray]:
     """Mean return per task after 0..K inner steps, each step on freshly sampled episodes; step
-    sizes from `InnerLoop.evaluation_lr`."""
+    sizes from `InnerLoop.evaluation_lr`. Returns ``{"return": [tasks, K + 1]}`` and the same for
+    every info metric the episodes carry (``"success"``: each task's share of successful episodes)."""
     policy, params = method.policy, per_task(method.params, len(tasks))
-    returns = np.zeros((len(tasks), adapt_steps + 1))
+    curves: dict[str, np.ndarray] = {"return": np.zeros((len(tasks), adapt_steps + 1))}
     for k in range(adapt_steps + 1):
         episodes = sampler.sample(policy, params, tasks)
-        returns[:, k] = episodes.mean_returns.cpu().numpy()
+        curves["return"][:, k] = episodes.mean_returns.cpu().numpy()
+        for name, values in episodes.mean_metrics.items():
+            curves.setdefault(name, np.full((len(tasks), adapt_steps + 1), np.nan))[:, k] = values.cpu().numpy()
         if k < adapt_steps:
             episodes = estimate_advantages(episodes, advantages)
             step_lr = method.inner.evaluation_lr(k, lr, later_lr_scale)
             params = detach(method.inner.step(policy, params, episodes, create_graph=False, lr=step_lr)[0])
-    return returns
+    return curves
 
 
 @on_evaluation_threads
@@ -372,7 +449,9 @@ def evaluate(
     """Evaluate the meta-policy of a run directory or checkpoint on unseen tasks.
 
     ``split="test"``: the held-out tasks of the training distribution (never trained on);
-    ``split="ood"``: tasks outside the training distribution, where the family defines them.
+    ``split="ood"``: tasks outside the training distribution, where the family defines them;
+    ``split="train"``: tasks of the training distribution (a family's fixed train list), for
+    meta-train figures such as Meta-World's.
     ``batch_unit``: count each step's batch in ``episodes`` or ``steps`` (see ``env.batch_unit``).
     ``tasks_file``: a JSON list of tasks (their JSON form) to evaluate on instead of a split, e.g.
     the goals of a published protocol.
@@ -391,8 +470,8 @@ def evaluate(
     Unset arguments take the run's ``evaluation`` config. Results are written to `out_dir`
     (default: ``<run dir>/eval``, or ``eval_ood``).
     """
-    if split not in ("test", "ood"):
-        raise ValueError(f"split must be 'test' or 'ood', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     given_tasks = _read_tasks(tasks_file) if tasks_file is not None else None
     if given_tasks is not None:
         num_tasks, split = len(given_tasks), "file"
@@ -455,8 +534,10 @@ def evaluate(
             _check_tasks(sampler.env, given_tasks, tasks_file)
             tasks = given_tasks
         else:
-            tasks = splits.test if split == "test" else splits.ood(protocol["num_tasks"])
-        returns, protocol["methods"] = {}, {}
+            tasks = {"test": lambda n: splits.test, "train": splits.train_sample, "ood": splits.ood}[split](
+                protocol["num_tasks"]
+            )
+        returns, metrics, protocol["methods"] = {}, {}, {}
         for name, method in methods.items():
             if method is None:
                 torch.manual_seed(protocol["seed"] + 1)
@@ -479,7 +560,10 @@ def evaluate(
                 lr,
                 protocol["later_lr_scale"],
             )
-            returns[name] = np.repeat(curve, protocol["adapt_steps"] + 1, axis=1) if steps == 0 else curve
+            if steps == 0:  # not adapted: the same numbers at every step
+                curve = {key: np.repeat(values, protocol["adapt_steps"] + 1, axis=1) for key, values in curve.items()}
+            returns[name] = curve.pop("return")
+            metrics[name] = curve
             protocol["methods"][name] = {
                 "checkpoint": method.checkpoint.get("path"),
                 "iteration": method.checkpoint.get("iteration"),
@@ -493,7 +577,7 @@ def evaluate(
         for each in samplers.values():
             each.close()
     protocol.update(checkpoint=checkpoint["path"], iteration=checkpoint["iteration"], task_seed=task_seed, split=split)
-    result = EvaluationResult(config.env.id, list(tasks), returns, protocol)
+    result = EvaluationResult(config.env.id, list(tasks), returns, protocol, metrics)
     if out_dir is None:
         checkpoint_path = Path(checkpoint["path"])
         run_dir = (

@@ -9,6 +9,9 @@ The only module that writes logs. Scalar tags (also the keys of ``metrics.jsonl`
 (baseline fits and GAE), ``time/adapt_s``, ``time/outer_s`` (for TRPO split into
 ``time/meta_gradient_s``, ``time/conjugate_gradient_s`` and ``time/line_search_s``),
 ``time/iteration_s`` and ``time/previous_log_s`` (logging and checkpointing, one iteration late).
+Families whose steps report ``info["success"]`` add ``success/pre_adaptation``,
+``success/post_adaptation`` (and ``success/after_step_<k>``): the share of successful episodes, and
+likewise for every other key of ``env.info_metrics``.
 """
 
 from __future__ import annotations
@@ -79,9 +82,15 @@ class RunLogger:
         self.jsonl.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
         self.jsonl.flush()
         self.last = metrics
+        success = (
+            {"success": f"{metrics['success/pre_adaptation']:.0%}→{metrics['success/post_adaptation']:.0%}"}
+            if "success/post_adaptation" in metrics
+            else {}
+        )
         self.bar.set_postfix(
             pre=f"{metrics['returns/pre_adaptation']:.1f}",
             post=f"{metrics['returns/post_adaptation']:.1f}",
+            **success,
             s_per_it=f"{metrics['time/iteration_s']:.2f}",
             steps_per_s=f"{metrics['time/env_steps_per_s']:,.0f}",
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -56,6 +56,7 @@ def make_vector_env(
     workers: int | None = None,
     task_space: Mapping[str, Any] | None = None,
     worker_timeout: float | None = None,
+    info_keys: Sequence[str] = (),
 ) -> VectorEnv:
     """``gymnasium.make_vec``: the id's own batched implementation when it registers one, else sync.
 
@@ -65,12 +66,15 @@ def make_vector_env(
     `task_space`: copies of `make_env`'s task-space wrapper (never the id's batched implementation),
     in a next-step-autoreset ``SyncVectorEnv``, or in worker processes when ``workers > 1``.
     `worker_timeout`: seconds a worker process may take to answer before it is an error.
+    `info_keys`: the step-info keys worker processes send back (others stay in the workers).
     """
     ensure_registered(env_id)
     if task_space is not None:
         factory = env_factory(env_id, kwargs, horizon, task_space)
         if workers is not None and workers > 1:
-            return WorkerVectorEnv([factory] * num_envs, min(workers, num_envs), timeout=worker_timeout)
+            return WorkerVectorEnv(
+                [factory] * num_envs, min(workers, num_envs), timeout=worker_timeout, info_keys=info_keys
+            )
         return SyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
     spec = registry.get(env_id)
     batched = spec is not None and spec.vector_entry_point is not None
@@ -79,7 +83,9 @@ def make_vector_env(
         extra["num_threads"] = workers
     elif not batched and workers is not None and workers > 1:
         factory = env_factory(env_id, kwargs, horizon)
-        return WorkerVectorEnv([factory] * num_envs, min(workers, num_envs), timeout=worker_timeout)
+        return WorkerVectorEnv(
+            [factory] * num_envs, min(workers, num_envs), timeout=worker_timeout, info_keys=info_keys
+        )
     return gym.make_vec(env_id, num_envs=num_envs, **dict(kwargs or {}), **extra)
 
 
@@ -107,6 +113,16 @@ class EnvFactory:
     horizon: int | None = None
     spec: EnvSpec | None = None
     task_space: Mapping[str, Any] | None = None
+
+    def prepare(self) -> None:
+        """Register the id and import its modules: what a worker does at start-up, before it builds
+        copies, so that the per-copy timeout measures the constructor alone."""
+        if self.spec is not None and self.env_id not in registry:
+            registry[self.env_id] = self.spec
+        ensure_registered(self.env_id)  # imports a "module:Name" id's module
+        spec = registry.get(self.env_id.split(":", 1)[-1])
+        if spec is not None and isinstance(spec.entry_point, str):
+            load_env_creator(spec.entry_point)  # the family's module
 
     def __call__(self) -> gym.Env:
         if self.spec is not None and self.env_id not in registry:

@@ -50,6 +50,8 @@ class MetaBatch:
     sampled_with: Tensor | None = None
     adapted: tuple[Params, ...] = ()
     inner_losses: tuple[Tensor, ...] = ()
+    # Info metrics (e.g. success) per task [B] after 0, 1, …, len(inner) steps: `Episodes.mean_metrics`.
+    metrics: tuple[dict[str, Tensor], ...] = ()
 
     def adaptation_at(self, policy: nn.Module, inner: InnerLoop) -> list[Params] | None:
         """θ^(0), θ^(1), …, θ' per task if the batch was sampled with the current meta-parameters, else None."""
@@ -69,6 +71,8 @@ def sample_meta_batch(
     """Alg. 3, lines 5–8 for every task at once: sample, adapt (`steps` times), sample again with θ'."""
     timings = {"sample_s": 0.0, "advantages_s": 0.0, "adapt_s": 0.0}
 
+    metrics: list[dict[str, Tensor]] = []
+
     def sample_with(params: Params) -> tuple[Episodes, Tensor]:
         start = time.perf_counter()
         sampled = sampler.sample(policy, params, tasks)
@@ -76,6 +80,7 @@ def sample_meta_batch(
         episodes = estimate_advantages(sampled, advantages)
         timings["sample_s"] += middle - start
         timings["advantages_s"] += time.perf_counter() - middle
+        metrics.append(sampled.mean_metrics)
         return episodes, sampled.mean_returns
 
     sampled_with = meta_parameters_flat(policy, inner).clone()
@@ -103,6 +108,7 @@ def sample_meta_batch(
         sampled_with=sampled_with,
         adapted=tuple(adapted),
         inner_losses=tuple(inner_losses),
+        metrics=tuple(metrics),
     )
 
 

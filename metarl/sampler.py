@@ -17,11 +17,13 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
 
 from metarl.config import Config
-from metarl.episodes import FIELDS, Episodes, concat_episodes, first_episodes_within, stack_tasks
+from metarl.episodes import Episodes, concat_episodes, first_episodes_within, select_tasks, stack_tasks
 from metarl.errors import EnvError, NonFiniteError
 from metarl.functional import Params, distribution, per_task
+from metarl.info_metrics import DEFAULT_INFO_METRICS, InfoMetrics
 from metarl.make import make_env, make_vector_env
 from metarl.tasks import environment_errors, horizon_of, sample_tasks, set_tasks, task_features
 from metarl.threads import torch_threads
@@ -63,6 +65,13 @@ class Sampler:
             (`metarl.task_space`).
         observe_task: append each copy's `task_features` to its observations (the oracle baseline).
         worker_timeout: seconds a worker process may take to answer before it is an error.
+        max_copies: run the episodes in rounds of whole tasks on one vector env of at most this
+            many copies (bounded memory for heavy environments; the family's default
+            ``metadata["max_copies"]`` when None, else all B × E copies at once). The episodes are
+            those of the all-copies run for the same seed (Gaussian policies).
+        info_metrics: step-info keys folded into one number per episode (``Episodes.metrics``):
+            key -> aggregation (`metarl.info_metrics`); by default the success rate where steps
+            report ``info["success"]``.
     """
 
     def __init__(
@@ -80,8 +89,11 @@ class Sampler:
         task_space: Mapping[str, Any] | None = None,
         observe_task: bool = False,
         worker_timeout: float | None = None,
+        info_metrics: Mapping[str, str] | None = None,
+        max_copies: int | None = None,
     ) -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
+        self.info_metrics = dict(DEFAULT_INFO_METRICS if info_metrics is None else info_metrics)
         self.observe_task, self.worker_timeout = observe_task, worker_timeout
         self.workers, self.task_space = workers, task_space
         self.episodes_per_task = episodes_per_task
@@ -96,6 +108,7 @@ class Sampler:
         if observe_task:
             self.observation_space = with_task_features(self.env.observation_space, self.env)
         self.action_space = self.env.action_space
+        self.max_copies = max_copies if max_copies is not None else self.env.metadata.get("max_copies")
         self._vector_envs: dict[int, VectorEnv] = {}
 
     @classmethod
@@ -122,6 +135,8 @@ class Sampler:
             task_space=config.env.task_space,
             observe_task=config.train.algo == "oracle",
             worker_timeout=config.env.worker_timeout,
+            info_metrics=config.env.info_metrics,
+            max_copies=config.env.max_copies,
         )
 
     @classmethod
@@ -140,6 +155,7 @@ class Sampler:
         sampler.action_scaling, sampler.action_bound = action_scaling, action_bound
         sampler.device, sampler.batch_unit, sampler.workers = torch.device("cpu"), "episodes", 1
         sampler.task_space, sampler.observe_task, sampler.worker_timeout = None, False, None
+        sampler.info_metrics, sampler.max_copies = dict(DEFAULT_INFO_METRICS), None
         sampler.reseed(seed)
         sampler.env, sampler.horizon = env, horizon_of(env, horizon)
         check_spaces(env)
@@ -152,6 +168,8 @@ class Sampler:
         self.rng = np.random.default_rng([seed, 2])
 
     def _vector_env(self, num_tasks: int) -> VectorEnv:
+        if num_tasks not in self._vector_envs and self.max_copies is not None:
+            self.close_vector_envs()  # bounded memory: one vector env of at most max_copies copies at a time
         if num_tasks not in self._vector_envs:
             num_envs = num_tasks * self.episodes_per_task
             with environment_errors(f"creating {num_envs} copies of '{self.env_id}'"):
@@ -163,6 +181,7 @@ class Sampler:
                     self.workers,
                     self.task_space,
                     self.worker_timeout,
+                    info_keys=tuple(self.info_metrics),
                 )
         return self._vector_envs[num_tasks]
 
@@ -187,7 +206,7 @@ class Sampler:
             index = torch.as_tensor(active)
             batch = self._sample_episodes(policy, {k: v[index] for k, v in params.items()}, [tasks[i] for i in active])
             for row, task in enumerate(active):
-                rounds[task].append(Episodes(**{f: getattr(batch, f)[row : row + 1] for f in FIELDS}))
+                rounds[task].append(select_tasks(batch, slice(row, row + 1)))
             steps[active] += batch.mask.sum((1, 2)).cpu().numpy()
             active = active[steps[active] < budget]
         return stack_tasks([first_episodes_within(concat_episodes(task_rounds), budget) for task_rounds in rounds])
@@ -201,50 +220,107 @@ class Sampler:
             return self._lockstep_episodes(policy, params, tasks)
 
     def _lockstep_episodes(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
+        """All episodes at once, or in rounds of whole tasks on one vector env of `max_copies` copies."""
+        num_tasks = len(tasks) if tasks is not None else 1
+        seed = int(self.rng.integers(2**31))
+        per_round = self.tasks_per_round()
+        if tasks is None or per_round is None:
+            return self._round(policy, params, tasks, seed)
+        per_round = min(per_round, num_tasks)
+        # Every round acts with its rows of the noise an all-copies run would draw, step by step, and
+        # resets its copies with their all-copies seeds: the episodes are those of one big round.
+        noise = _AllCopiesNoise(num_tasks)
+        rounds = []
+        for start in range(0, num_tasks, per_round):
+            rows = slice(start, min(start + per_round, num_tasks))
+            round_params = {name: value[rows] for name, value in params.items()}
+            round_seed = seed + start * self.episodes_per_task
+            rounds.append(self._round(policy, round_params, tasks[rows], round_seed, noise, rows, per_round))
+        return stack_tasks(rounds)
+
+    def tasks_per_round(self) -> int | None:
+        """How many tasks' episodes run at once on the `max_copies` environment copies (None: all)."""
+        if self.max_copies is None:
+            return None
+        return max(1, self.max_copies // self.episodes_per_task)
+
+    def _round(
+        self,
+        policy: nn.Module,
+        params: Params,
+        tasks: Sequence[Any] | None,
+        seed: int,
+        noise: _AllCopiesNoise | None = None,
+        rows: slice | None = None,
+        copies_for: int | None = None,
+    ) -> Episodes:
+        """One episode in each of the E copies of every task, all in lockstep.
+
+        In a round (`noise` given), the policy acts with `rows` of the all-copies noise, and the
+        vector env holds `copies_for` tasks: a shorter last round fills it up with its last task
+        (their episodes are dropped), so that one vector env of ``max_copies`` copies serves all.
+        """
         num_tasks, num_episodes = len(tasks) if tasks is not None else 1, self.episodes_per_task
-        envs = self._vector_env(num_tasks)
+        width = max(copies_for or num_tasks, num_tasks)
+        if width > num_tasks:
+            tasks = [*tasks, *[tasks[-1]] * (width - num_tasks)]
+            params = {k: torch.cat([v, v[-1:].expand(width - num_tasks, *v.shape[1:])]) for k, v in params.items()}
+        envs = self._vector_env(width)
         if tasks is not None:
             with environment_errors("setting tasks"):
                 set_tasks(envs, [task for task in tasks for _ in range(num_episodes)])
         with environment_errors("resetting"):
-            obs, _ = envs.reset(seed=int(self.rng.integers(2**31)))
+            obs, _ = envs.reset(seed=seed)
         if self.observe_task:
             features = np.repeat(np.stack([task_features(task) for task in tasks]), num_episodes, axis=0)
 
         steps: dict[str, list[Tensor]] = {k: [] for k in ("observations", "actions", "rewards", "mask", "log_probs")}
         alive = np.ones(envs.num_envs, dtype=bool)
-        for _ in range(self.horizon):
+        alive[num_tasks * num_episodes :] = False  # the copies that fill up a last round
+        infos = InfoMetrics(self.info_metrics, envs.num_envs)
+        for t in range(self.horizon):
             _check_finite(obs, "observations", tasks, num_episodes)
             if self.observe_task:
                 obs = np.concatenate([obs, features], axis=-1)
             obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            obs_t = obs_t.reshape(num_tasks, num_episodes, *obs_t.shape[1:])
+            obs_t = obs_t.reshape(width, num_episodes, *obs_t.shape[1:])
             pi = distribution(policy, params, obs_t)
-            action = pi.sample()
+            action = pi.sample() if noise is None else noise.act(pi, t, rows, width)
             steps["observations"].append(obs_t)
             steps["actions"].append(action)
             steps["log_probs"].append(pi.log_prob(action))
-            steps["mask"].append(torch.as_tensor(alive, dtype=torch.float32).reshape(num_tasks, num_episodes))
+            steps["mask"].append(torch.as_tensor(alive, dtype=torch.float32).reshape(width, num_episodes))
 
             flat = action.reshape(envs.num_envs, *action.shape[2:]).cpu().numpy()
             with environment_errors("stepping"):
-                obs, reward, terminated, truncated, _ = envs.step(
+                obs, reward, terminated, truncated, info = envs.step(
                     env_actions(flat, self.action_space, self.action_scaling, self.action_bound)
                 )
             _check_finite(reward, "rewards", tasks, num_episodes)
+            infos.add(info, alive)
             reward = np.where(alive, reward, 0.0)
-            steps["rewards"].append(torch.as_tensor(reward, dtype=torch.float32).reshape(num_tasks, num_episodes))
+            steps["rewards"].append(torch.as_tensor(reward, dtype=torch.float32).reshape(width, num_episodes))
             alive &= ~(terminated | truncated)
             if not alive.any():
                 break
 
-        tensors = {k: torch.stack(v, dim=2).to(self.device) for k, v in steps.items()}
-        return Episodes(**tensors)
+        tensors = {k: torch.stack(v, dim=2).to(self.device)[:num_tasks] for k, v in steps.items()}
+        metrics = {
+            key: torch.as_tensor(values, dtype=torch.float32, device=self.device).reshape(width, num_episodes)[
+                :num_tasks
+            ]
+            for key, values in sorted(infos.result().items())
+        }
+        return Episodes(**tensors, metrics=metrics or None)
 
-    def close(self) -> None:
+    def close_vector_envs(self) -> None:
+        """Close the vector envs (they are built again on the next `sample`)."""
         for envs in self._vector_envs.values():
             envs.close()
         self._vector_envs.clear()
+
+    def close(self) -> None:
+        self.close_vector_envs()
         self.env.close()
 
 
@@ -282,3 +358,31 @@ def _check_finite(values: np.ndarray, what: str, tasks: Sequence[Any] | None, nu
             f"the environment returned non-finite {what} (copy {bad}, task {task}); check the environment's "
             "dynamics for this task, or the actions it receives"
         )
+
+
+class _AllCopiesNoise:
+    """The policy noise an all-copies run draws, step by step, shared by the rounds of one call.
+
+    An all-copies run draws one standard-normal tensor ``[B, E, action]`` per step from torch's
+    generator (``Normal.sample``: ``loc + scale · ε``). The rounds draw those same tensors, in step
+    order, whichever round first reaches a step, and act with their rows; the generator ends where
+    the all-copies run's would. Discrete policies sample each round on its own (same distribution).
+    """
+
+    def __init__(self, total_tasks: int) -> None:
+        self.total_tasks = total_tasks
+        self.steps: list[Tensor] = []
+
+    def act(self, pi: Distribution, t: int, rows: slice, width: int) -> Tensor:
+        """Actions of the round's tasks (`rows` of the all-copies batch) at step `t`."""
+        base = pi.base_dist if isinstance(pi, Independent) else pi
+        if not isinstance(base, Normal):
+            return pi.sample()
+        if len(self.steps) <= t:
+            assert len(self.steps) == t, "rounds reach steps in order"
+            shape = (self.total_tasks, *base.loc.shape[1:])
+            self.steps.append(torch.empty(shape, device=base.loc.device).normal_())
+        noise = self.steps[t][rows]
+        if noise.shape[0] < width:  # a last round's filler tasks: their actions are discarded
+            noise = torch.cat([noise, noise.new_zeros(width - noise.shape[0], *noise.shape[1:])])
+        return noise * base.scale + base.loc

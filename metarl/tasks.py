@@ -16,6 +16,10 @@ small immutable values (frozen dataclasses or mappings of numbers) that round-tr
 is never part of the observation, nor does it set the start state: the policy infers it from
 rewards. ``metarl check-env ID`` tests all of this (`metarl.check`).
 
+A family with a benchmark's **fixed task lists** (Meta-World's 50 train and 50 test goals) also
+has ``task_lists() -> {"train": [...], "test": [...]}`` (and ``"ood"`` where it has one): metarl
+then trains on tasks of the train list only and evaluates on the test list (`TaskSplits`).
+
 Environments are created from Gymnasium ids; ids under the ``MetaRL/`` namespace are registered by
 the ``envs`` package, which metarl loads by name on first use (metarl does not depend on it
 otherwise).
@@ -195,33 +199,85 @@ def task_features(task: Any) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
+SPLITS = ("train", "test", "ood")
+# A held-out set that takes more than this share of a finite distribution's distinct tasks is worth a warning.
+_LARGE_SHARE = 0.2
+
+
+def task_key(task: Any) -> str:
+    """A task's identity: its JSON form with sorted keys (equal tasks, equal keys)."""
+    return json.dumps(task_to_json(task), sort_keys=True)
+
+
+def declared_task_lists(env: gym.Env | VectorEnv) -> dict[str, list[Any]] | None:
+    """The family's fixed task lists (``task_lists()``: "train", "test", optionally "ood"), or None."""
+    try:
+        method = env.get_wrapper_attr("task_lists") if isinstance(env, gym.Env) else env.task_lists
+    except AttributeError:
+        return None
+    name = env.spec.id if getattr(env, "spec", None) is not None else type(env).__name__
+    with environment_errors("listing its tasks (task_lists)"):
+        lists = method()
+    if not isinstance(lists, Mapping) or not {"train", "test"} <= set(lists) or not set(lists) <= set(SPLITS):
+        raise EnvError(
+            f"{name}.task_lists() must return a mapping with the lists 'train' and 'test' (and optionally 'ood'), "
+            f"got {type(lists).__name__} {sorted(lists) if isinstance(lists, Mapping) else ''}"
+        )
+    empty = [split for split, tasks in lists.items() if len(tasks) == 0]
+    if empty:
+        raise EnvError(f"{name}.task_lists() returned an empty '{empty[0]}' list")
+    return {split: list(tasks) for split, tasks in lists.items()}
+
+
 class TaskSplits:
     """Reproducible, disjoint train and test task sets for one task distribution.
 
-    Test tasks are the first draws of a generator seeded with `test_seed`; training tasks come from
-    a generator seeded with `train_seed` and never include a test task. Out-of-distribution tasks
-    (`ood`) come from the family's ``sample_ood_tasks(n, rng)`` where it defines one.
+    A family with fixed task lists (``task_lists()``) is trained on its train list and evaluated on
+    its test list: each meta-batch draws distinct tasks from the train list (with replacement only
+    when the batch is larger than the list; afresh every iteration), and the held-out tasks are the
+    whole test list, or a seeded subset of `num_test` of them when the list is longer.
+
+    Otherwise the test tasks are the first draws of a generator seeded with `test_seed`; training
+    tasks come from a generator seeded with `train_seed` and never include a test task.
+    Out-of-distribution tasks (`ood`) come from the family's "ood" list, or its
+    ``sample_ood_tasks(n, rng)``, where it defines one.
     """
 
     def __init__(self, env: gym.Env | VectorEnv, train_seed: int, test_seed: int, num_test: int) -> None:
-        self._env, self._test_seed = env, test_seed
+        self._env, self._train_seed, self._test_seed = env, train_seed, test_seed
         self._train_rng = np.random.default_rng([train_seed, 0])
-        self.test = sample_tasks(env, num_test, np.random.default_rng([test_seed, 1]))
-        self._test_keys = {json.dumps(task_to_json(t), sort_keys=True) for t in self.test}
+        self.lists = declared_task_lists(env)
+        if self.lists is not None:
+            self.test = _subset(self.lists["test"], num_test, np.random.default_rng([test_seed, 1]))
+        else:
+            self.test = sample_tasks(env, num_test, np.random.default_rng([test_seed, 1]))
+        self._test_keys = {task_key(t) for t in self.test}
         self.disjoint = True
+        self._checked_share = False
+
+    @property
+    def fixed(self) -> bool:
+        """Whether the family declares fixed train/test lists."""
+        return self.lists is not None
 
     def sample_train(self, n: int) -> list[Any]:
-        """`n` training tasks, redrawing any that coincide with a test task.
+        """`n` training tasks: from the fixed train list, or drawn, redrawing any that coincide with a test task.
 
         A distribution with too few distinct tasks to hold any out (directions ±1) is sampled as
         is, with a warning: its "held-out" tasks are then tasks of the training distribution.
         """
+        if self.lists is not None:
+            train = self.lists["train"]
+            return [train[i] for i in self._train_rng.choice(len(train), n, replace=n > len(train))]
+        if not self._checked_share:
+            self._checked_share = True
+            self._warn_large_share()
         tasks: list[Any] = []
         for _ in range(100):
             draws = sample_tasks(self._env, n - len(tasks), self._train_rng)
             if not self.disjoint:
                 return tasks + draws
-            tasks += [t for t in draws if json.dumps(task_to_json(t), sort_keys=True) not in self._test_keys]
+            tasks += [t for t in draws if task_key(t) not in self._test_keys]
             if len(tasks) == n:
                 return tasks
         self.disjoint = False
@@ -232,16 +288,47 @@ class TaskSplits:
         )
         return tasks + sample_tasks(self._env, n - len(tasks), self._train_rng)
 
+    def _warn_large_share(self, probes: int = 1000) -> None:
+        """Warn when the held-out tasks take a large share of a finite distribution: training never sees them."""
+        drawn = {task_key(t) for t in sample_tasks(self._env, probes, np.random.default_rng([self._train_seed, 4]))}
+        if len(drawn) == probes:
+            return  # no task drawn twice: a continuous (or very large) distribution
+        held = len(drawn & self._test_keys)
+        if held / len(drawn) > _LARGE_SHARE and held < len(drawn):
+            warnings.warn(
+                f"the {len(self.test)} held-out tasks are {held} of the {len(drawn)} distinct tasks this distribution "
+                f"draws, so training only ever sees the other {len(drawn) - held}; hold out fewer "
+                "(evaluation.num_tasks), or declare the family's fixed train/test lists "
+                "(task_lists(): see metarl.tasks)",
+                stacklevel=3,
+            )
+
+    def train_sample(self, n: int) -> list[Any]:
+        """`n` tasks to evaluate on from the training distribution (``--split train``): a seeded subset of the
+        fixed train list, or fresh draws that exclude the held-out tasks."""
+        rng = np.random.default_rng([self._test_seed, 5])
+        if self.lists is not None:
+            return _subset(self.lists["train"], n, rng)
+        tasks: list[Any] = []
+        for _ in range(100):
+            tasks += [t for t in sample_tasks(self._env, n - len(tasks), rng) if task_key(t) not in self._test_keys]
+            if len(tasks) >= n:
+                break
+        return tasks[:n]
+
     def ood(self, n: int) -> list[Any]:
-        """`n` tasks outside the training distribution, from the family's ``sample_ood_tasks``."""
+        """`n` tasks outside the training distribution: the family's "ood" list, or ``sample_ood_tasks``."""
+        rng = np.random.default_rng([self._test_seed, 3])
+        if self.lists is not None and "ood" in self.lists:
+            return _subset(self.lists["ood"], n, rng)
         try:
             sampler = self._env.get_wrapper_attr("sample_ood_tasks")
         except AttributeError:
             raise EnvError(
                 f"{self._env.spec.id if self._env.spec else self._env} defines no out-of-distribution "
-                "split (no sample_ood_tasks(n, rng) method); use --split test"
+                "split (no 'ood' task list nor sample_ood_tasks(n, rng) method); use --split test"
             ) from None
-        return list(sampler(n, np.random.default_rng([self._test_seed, 3])))
+        return list(sampler(n, rng))
 
     def state(self) -> dict[str, Any]:
         """Generator state, for checkpoints."""
@@ -249,3 +336,10 @@ class TaskSplits:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self._train_rng.bit_generator.state = state
+
+
+def _subset(tasks: Sequence[Any], n: int, rng: np.random.Generator) -> list[Any]:
+    """All of `tasks` when ``n >= len(tasks)``, else `n` of them chosen by `rng`, in list order."""
+    if n >= len(tasks):
+        return list(tasks)
+    return [tasks[i] for i in sorted(rng.choice(len(tasks), n, replace=False))]

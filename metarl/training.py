@@ -177,6 +177,12 @@ def iteration_metrics(batch: MetaBatch, stats: dict[str, float], state: Training
     }
     if len(returns) > 2:
         metrics.update({f"returns/after_step_{k}": r for k, r in enumerate(returns[1:], start=1)})
+    for name in batch.metrics[0] if batch.metrics else ():
+        # e.g. success/pre_adaptation: the share of successful episodes, averaged over tasks
+        values = [torch.nanmean(step[name]).item() for step in batch.metrics]
+        metrics.update({f"{name}/pre_adaptation": values[0], f"{name}/post_adaptation": values[-1]})
+        if len(values) > 2:
+            metrics.update({f"{name}/after_step_{k}": v for k, v in enumerate(values[1:], start=1)})
     if hasattr(state.policy, "log_std"):
         metrics["policy/std"] = state.policy.log_std.exp().mean().item()
     if state.step_sizes is not None:

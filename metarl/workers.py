@@ -36,6 +36,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from metarl.errors import WorkerError
+from metarl.info_metrics import step_values
 
 # Workers step with one thread each: they must not compete with each other or with the policy.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -52,7 +53,8 @@ class WorkerVectorEnv(VectorEnv):
     Semantics are those of ``SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.NEXT_STEP)``: the
     same observations, rewards and done flags for the same seeds, tasks and actions. Differences:
 
-    - ``reset`` and ``step`` return empty info dicts (metarl never reads step infos);
+    - ``reset`` returns an empty info dict; ``step`` returns the step infos of `info_keys` only
+      (numbers, with Gymnasium's ``"_key"`` masks), since infos travel through the pipes;
     - actions are cast to the action space's dtype;
     - observations must be a ``Box`` (a `TypeError` otherwise);
     - a worker that raises in ``reset`` or ``step``, or dies, closes the whole vector env and raises
@@ -65,6 +67,7 @@ class WorkerVectorEnv(VectorEnv):
         start_method: ``spawn`` or ``forkserver`` (never ``fork``: the parent may hold torch threads).
         timeout: seconds to wait for a worker's answer, and for its environments to be built at
             start-up (None: as long as it lives).
+        info_keys: the step-info keys to send back (numbers per copy; Meta-World's "success").
     """
 
     def __init__(
@@ -73,8 +76,10 @@ class WorkerVectorEnv(VectorEnv):
         num_workers: int,
         start_method: str = "spawn",
         timeout: float | None = None,
+        info_keys: Sequence[str] = (),
     ) -> None:
         num_envs = len(env_fns)
+        self.info_keys = tuple(info_keys)
         if not 1 <= num_workers <= num_envs:
             raise ValueError(f"num_workers must be between 1 and the number of copies ({num_envs}), got {num_workers}")
         if start_method not in ("spawn", "forkserver"):
@@ -156,20 +161,26 @@ class WorkerVectorEnv(VectorEnv):
         return self._buffers["observations"].copy(), {}
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Step every copy (next-step autoreset); returns copies of the results and an empty info dict."""
+        """Step every copy (next-step autoreset); returns copies of the results, and the infos of `info_keys`."""
         self._check_open()
         actions = np.asarray(actions)
         buffer = self._buffers["actions"]
         if actions.shape != buffer.shape:
             raise ValueError(f"expected actions of shape {buffer.shape} (one per copy), got {actions.shape}")
         buffer[...] = actions
-        self._command("step", [None] * self.num_workers, fatal=True)
+        answers = self._command("step", [self.info_keys] * self.num_workers, fatal=True)
+        infos: dict[str, np.ndarray] = {}
+        for (start, stop), answer in zip(self.slices, answers, strict=True):
+            for key, (values, present) in answer.items():
+                if key not in infos:
+                    infos[key], infos[f"_{key}"] = np.zeros(self.num_envs), np.zeros(self.num_envs, dtype=bool)
+                infos[key][start:stop], infos[f"_{key}"][start:stop] = values, present
         return (
             self._buffers["observations"].copy(),
             self._buffers["rewards"].copy(),
             self._buffers["terminated"].copy(),
             self._buffers["truncated"].copy(),
-            {},
+            infos,
         )
 
     def get_attr(self, name: str) -> tuple[Any, ...]:
@@ -407,6 +418,10 @@ def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection) -
     views: dict[str, np.ndarray] = {}
     try:
         try:
+            for env_fn in {id(fn): fn for fn in env_fns}.values():  # an EnvFactory imports its env's modules
+                prepare = getattr(env_fn, "prepare", None)
+                if prepare is not None:
+                    prepare()
             conn.send(("progress", 0))  # started: the modules are imported
             built = []
             for env_fn in env_fns:  # one at a time, so that a constructor that hangs is caught
@@ -425,12 +440,12 @@ def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection) -
                 return
             try:
                 if command == "step":
-                    obs, rewards, terminated, truncated, _ = envs.step(views["actions"].copy())
+                    obs, rewards, terminated, truncated, infos = envs.step(views["actions"].copy())
                     views["observations"][...] = obs
                     views["rewards"][...] = rewards
                     views["terminated"][...] = terminated
                     views["truncated"][...] = truncated
-                    answer = None
+                    answer = _numeric_infos(infos, payload, envs.num_envs)
                 elif command == "reset":
                     seeds, options, masked = payload
                     if not masked or options is not None:
@@ -465,6 +480,16 @@ def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection) -
         if envs is not None:
             with contextlib.suppress(Exception):
                 envs.close()
+
+
+def _numeric_infos(infos: dict[str, Any], keys: Sequence[str], num_envs: int) -> dict[str, Any]:
+    """The values of `keys` in a vector env's step infos, with where they are present (absent keys left out)."""
+    answer = {}
+    for key in keys:
+        found = step_values(infos, key, num_envs)
+        if found is not None:
+            answer[key] = (np.array(found[0]), found[1])
+    return answer
 
 
 def _built(env: gym.Env) -> gym.Env:

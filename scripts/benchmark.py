@@ -15,7 +15,8 @@ fresh child process where noted):
   wall time split into sampling, advantages (baseline fits and GAE), inner adaptation, the outer
   step (for TRPO: meta-gradient, conjugate gradient with its Hessian-vector products, line search)
   and logging; medians over the iterations after the first;
-- peak memory (RSS) of that training process.
+- peak memory (RSS) of that training process, and of each sampler run with its worker processes;
+- where ``env.step``'s time goes: MuJoCo's C calls against the environment's Python.
 
 It prints a table with the ratios sampler / limits and each phase's share, and writes JSON. A
 benchmark, not a test: the machine's load moves the numbers, so compare ratios taken in one run.
@@ -160,8 +161,10 @@ def env_step_rates(config: Config, steps: int) -> dict[str, float]:
     return {"env_step_1_process": one, "env_step_all_cores": sum(rates)}
 
 
-def sampler_rate(config: Config, workers: int) -> dict[str, float]:
-    """Env steps/s of metarl's sampler collecting one meta-batch of the config (second call timed)."""
+def sampler_rate(config_dict: dict[str, Any], workers: int) -> dict[str, float]:
+    """Env steps/s of metarl's sampler collecting one meta-batch of the config (second call timed),
+    and the peak memory of the process and its worker processes (run it in a fresh process)."""
+    config = config_from_dict(config_dict)
     torch.manual_seed(0)
     sampler = Sampler.from_config(config_from_dict(config.to_dict(), [f"env.workers={workers}"]))
     policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
@@ -171,8 +174,71 @@ def sampler_rate(config: Config, workers: int) -> dict[str, float]:
     start = time.perf_counter()
     episodes = sampler.sample(policy, params, tasks)
     elapsed = time.perf_counter() - start
+    workers_pids = [pid for envs in sampler._vector_envs.values() for pid in getattr(envs, "worker_pids", ())]
+    memory = {"peak_rss_mib": _peak_rss_mib(os.getpid()), "workers_peak_rss_mib": sum(map(_peak_rss_mib, workers_pids))}
+    copies = max(envs.num_envs for envs in sampler._vector_envs.values())
     sampler.close()
-    return {"env_steps_per_s": episodes.num_steps / elapsed, "env_steps": episodes.num_steps, "seconds": elapsed}
+    return {
+        "env_steps_per_s": episodes.num_steps / elapsed,
+        "env_steps": episodes.num_steps,
+        "seconds": elapsed,
+        "env_copies": copies,
+        **memory,
+        "total_peak_rss_mib": memory["peak_rss_mib"] + memory["workers_peak_rss_mib"],
+    }
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """A process's peak resident memory (VmHWM, Linux), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# MuJoCo's C entry points that Gymnasium's and Meta-World's environments call to advance physics.
+MUJOCO_CALLS = ("mj_step", "mj_step1", "mj_step2", "mj_forward", "mj_rnePostConstraint")
+
+
+def step_profile(config: Config, steps: int) -> dict[str, float]:
+    """Where one process's ``env.step`` time goes: MuJoCo's C calls (physics) against everything
+    else (the environment's Python: observations, reward, bookkeeping), with random actions on one
+    training task of the config, resets included."""
+    import mujoco
+
+    spent = [0.0]
+
+    def timed(call: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+
+        return wrapper
+
+    originals = {name: getattr(mujoco, name) for name in MUJOCO_CALLS}
+    env = make_env(config.env.id, config.env.kwargs, config.env.horizon)
+    try:
+        for name, call in originals.items():
+            setattr(mujoco, name, timed(call))
+        env.set_wrapper_attr("task", TaskSplits(env, 0, 1, 1).sample_train(1)[0])
+        env.action_space.seed(0)
+        actions = [env.action_space.sample() for _ in range(steps)]
+        env.reset(seed=0)
+        spent[0] = 0.0
+        start = time.perf_counter()
+        for action in actions:
+            _, _, terminated, truncated, _ = env.step(action)
+            if terminated or truncated:
+                env.reset()
+        total = time.perf_counter() - start
+    finally:
+        for name, call in originals.items():
+            setattr(mujoco, name, call)
+        env.close()
+    return {"env_steps_per_s": steps / total, "physics_share": spent[0] / total, "python_share": 1 - spent[0] / total}
 
 
 def meta_iterations(config_dict: dict[str, Any], iterations: int, products: bool = True) -> dict[str, Any]:
@@ -354,7 +420,8 @@ def main() -> None:
     limits: dict[str, float] = {}
     limits.update(physics_rates(config, copies) or {})
     limits.update(env_step_rates(config, args.env_steps))
-    samplers = {f"{w}_workers": sampler_rate(config, w) for w in sorted({1, CORES})}
+    profile = step_profile(config, args.env_steps)
+    samplers = {f"{w}_workers": in_child_process(sampler_rate, config.to_dict(), w) for w in sorted({1, CORES})}
     iteration = in_child_process(meta_iterations, config.to_dict(), args.iterations)
     matmuls = matmul_rates(config)
 
@@ -370,6 +437,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "limits_env_steps_per_s": limits,
+        "env_step_profile": profile,
         "sampler": samplers,
         "ratios": ratios,
         "meta_iteration": iteration,
@@ -380,9 +448,16 @@ def main() -> None:
     print("\nlimits (env steps/s)")
     for name, rate in limits.items():
         print(f"  {name:<22} {rate:>12,.0f}   sampler / this = {best / rate:.2f}")
-    print("metarl sampler, one meta-batch (env steps/s, policy included)")
+    print(
+        f"env.step in one process: {100 * profile['physics_share']:.0f}% MuJoCo physics, "
+        f"{100 * profile['python_share']:.0f}% the environment's Python (observation, reward, bookkeeping)"
+    )
+    print("metarl sampler, one meta-batch (env steps/s, policy included; peak memory with its workers)")
     for name, sample in samplers.items():
-        print(f"  {name:<22} {sample['env_steps_per_s']:>12,.0f}   ({sample['env_steps']:,} steps)")
+        print(
+            f"  {name:<22} {sample['env_steps_per_s']:>12,.0f}   ({sample['env_steps']:,} steps, "
+            f"{sample['env_copies']} env copies, {sample['total_peak_rss_mib']:,.0f} MiB)"
+        )
     print(
         f"meta-iteration (median of {max(args.iterations - 1, 1)}): {median['iteration_s']:.3f} s, "
         f"{median['env_steps']:,.0f} env steps, peak RSS {iteration['peak_rss_mib']:,.0f} MiB"

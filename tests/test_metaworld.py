@@ -1,0 +1,138 @@
+"""Meta-World families: the benchmark's own splits, success from its infos, workers, rounds, resume."""
+
+import json
+import pickle
+
+import metaworld
+import numpy as np
+import pytest
+import torch
+
+from envs.metaworld import ManipulationTask, MetaWorldEnv
+from metarl.check import check_task_distribution
+from metarl.config import load_config
+from metarl.functional import parameters_of
+from metarl.policies import GaussianMLPPolicy
+from metarl.sampler import Sampler
+from metarl.tasks import TaskSplits, task_key
+from metarl.training import resume, train
+
+ML1 = "MetaRL/ML1-v0"
+REACH = {"env_name": "reach-v3"}
+TINY = [
+    f"env.id={ML1}",
+    "env.kwargs={env_name: reach-v3}",
+    "env.horizon=10",
+    "inner.episodes_per_task=2",
+    "outer.tasks_per_batch=3",
+    "policy.hidden_sizes=[16]",
+    "train.num_threads=1",
+    "train.checkpoint_every=2",
+    "evaluation.num_tasks=3",
+    "evaluation.episodes_per_task=2",
+]
+
+
+def rand_vecs(tasks):
+    return [tuple(float(v) for v in pickle.loads(t.data)["rand_vec"]) for t in tasks]
+
+
+def test_ml1_lists_are_the_benchmark_s_train_and_test_goals_and_never_mix():
+    env = MetaWorldEnv("ML1", "reach-v3", seed=0)
+    lists = env.task_lists()
+    benchmark = metaworld.ML1("reach-v3", seed=0)
+    assert [t.rand_vec for t in lists["train"]] == rand_vecs(benchmark.train_tasks)
+    assert [t.rand_vec for t in lists["test"]] == rand_vecs(benchmark.test_tasks)
+    assert len(lists["train"]) == len(lists["test"]) == 50
+    splits = TaskSplits(env, train_seed=0, test_seed=1, num_test=50)
+    trained = {task_key(t) for _ in range(30) for t in splits.sample_train(20)}
+    assert trained == {task_key(t) for t in lists["train"]}  # all 50 train goals, none of the test goals
+    assert {task_key(t) for t in splits.test} == {task_key(t) for t in lists["test"]}
+
+
+def test_ml10_holds_out_the_benchmark_s_test_classes():
+    env = MetaWorldEnv("ML10", seed=0)
+    lists = env.task_lists()
+    train_classes = {t.env_name for t in lists["train"]}
+    test_classes = {t.env_name for t in lists["test"]}
+    assert train_classes == set(metaworld.env_dict.ML10_V3["train"]) and len(lists["train"]) == 500
+    assert test_classes == set(metaworld.env_dict.ML10_V3["test"]) and len(lists["test"]) == 250
+    env.task = lists["test"][0]  # switching the task class rebuilds Meta-World's environment
+    observation, _ = env.reset(seed=0)
+    assert observation.shape == (39,) and np.all(observation[36:39] == 0)  # the goal is hidden
+
+
+def test_check_env_passes_and_names_the_observed_object_position():
+    results = check_task_distribution(ML1, REACH, horizon=20)
+    assert all(r.status == "pass" for r in results), [(r.name, r.message) for r in results if r.status != "pass"]
+    observed = next(r for r in results if r.name == "task_not_observed")
+    assert any("object's pose" in note for note in observed.notes)
+
+
+def test_a_pickled_env_is_rebuilt_from_its_task_and_behaves_the_same():
+    env = MetaWorldEnv("ML1", "push-v3", seed=0)
+    env.task = env.task_lists()["test"][3]
+    copy = pickle.loads(pickle.dumps(env))
+    assert len(pickle.dumps(env)) < 10_000  # class and task, not Meta-World's 42 MB
+    actions = np.random.default_rng(0).uniform(-1, 1, (15, 4)).astype(np.float32)
+    rollouts = []
+    for each in (env, copy):
+        observations = [each.reset(seed=3)[0]]
+        observations += [each.step(a)[0] for a in actions]
+        rollouts.append(np.stack(observations))
+    np.testing.assert_array_equal(rollouts[0], rollouts[1])
+
+
+def test_success_comes_from_meta_world_s_infos_and_from_workers():
+    env = MetaWorldEnv("ML1", "reach-v3", seed=0)
+    tasks = env.task_lists()["train"][:3]
+    policy = GaussianMLPPolicy(39, 4, [16])
+    results = []
+    for workers in (None, 2):
+        sampler = Sampler(ML1, episodes_per_task=2, env_kwargs=REACH, horizon=30, seed=1, workers=workers)
+        torch.manual_seed(0)
+        results.append(sampler.sample(policy, parameters_of(policy), tasks))
+        sampler.close()
+    assert set(results[0].metrics) == {"success"}
+    assert torch.equal(results[0].metrics["success"], results[1].metrics["success"])
+    assert torch.equal(results[0].observations, results[1].observations)
+
+
+def test_rounds_on_bounded_copies_equal_all_copies_for_meta_world():
+    tasks = MetaWorldEnv("ML1", "reach-v3", seed=0).task_lists()["train"][:5]
+    policy = GaussianMLPPolicy(39, 4, [16])
+    runs = []
+    for copies in (None, 4):
+        sampler = Sampler(ML1, episodes_per_task=2, env_kwargs=REACH, horizon=12, seed=2, max_copies=copies)
+        torch.manual_seed(0)
+        runs.append(sampler.sample(policy, parameters_of(policy), tasks))
+        assert max(e.num_envs for e in sampler._vector_envs.values()) == (copies or 10)
+        sampler.close()
+    for field in ("observations", "actions", "rewards", "log_probs", "mask"):
+        assert torch.equal(getattr(runs[0], field), getattr(runs[1], field)), field
+
+
+def test_a_json_task_sets_the_same_goal():
+    env = MetaWorldEnv("ML1", "reach-v3", seed=0)
+    task = env.task_lists()["test"][7]
+    env.task = json.loads(json.dumps({"env_name": task.env_name, "rand_vec": list(task.rand_vec)}))
+    assert env.task == task and isinstance(env.task, ManipulationTask)
+    with pytest.raises(ValueError, match="not part of ML1 reach-v3"):
+        env.task = ManipulationTask("push-v3", task.rand_vec)
+
+
+def test_training_on_ml1_is_deterministic_and_resumes_bit_identically(tmp_path):
+    settings = [*TINY, f"train.logdir={tmp_path}"]
+    full = train(load_config(None, [*settings, "train.run_name=full", "train.iterations=4"]), progress=False)
+    workers = train(
+        load_config(None, [*settings, "train.run_name=w", "train.iterations=4", "env.workers=2"]), progress=False
+    )
+    part = train(load_config(None, [*settings, "train.run_name=part", "train.iterations=2"]), progress=False)
+    resume(part, ["train.iterations=4"], progress=False)
+
+    def results(run):
+        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in lines]
+
+    assert results(part) == results(full) == results(workers)
+    assert "success/post_adaptation" in results(full)[0]
