@@ -363,6 +363,8 @@ class EvaluationResult:
                 ax.fill_between(steps, means - halves, means + halves, alpha=0.2)
             ax.set_xlabel("adaptation steps")
             ax.set_ylabel(label)
+            if label == "success rate":
+                ax.set_ylim(-0.03, 1.03)
             ax.set_xticks(range(len(means)))
             ax.legend()
         words = SPLIT_WORDS.get(self.protocol.get("split", "test"), "held-out")
