@@ -64,7 +64,7 @@ class EnvConfig:
     max_copies: int | None = None
     """Bounded memory: run each batch's episodes in rounds of whole tasks on at most this many
     environment copies (at least ``episodes_per_task``), with the same episodes as all at once.
-    Default: the family's own (Meta-World: a few hundred MiB of copies), else all copies at once."""
+    Default: the family's own (Meta-World: 40 copies, about 0.8 GiB), else all copies at once."""
     info_metrics: dict[str, str] = dataclasses.field(default_factory=lambda: dict(DEFAULT_INFO_METRICS))
     """Step-info keys folded into one number per episode and reported next to the returns
     (TensorBoard, metrics.jsonl, evaluation): key -> ``any`` (1 if non-zero at any step: an episode

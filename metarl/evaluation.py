@@ -253,7 +253,7 @@ class EvaluationResult:
         """The returns table, and one per info metric (success rates in percent)."""
         tables = [_table(self.summary(), self._adapted, "{:.2f} ± {:.2f}")]
         for name in self.metric_names():
-            tables.append(f"\n{name} rate (± 95% CI):" if name == "success" else f"\n{name} (± 95% CI):")
+            tables.append(f"\n{_metric_label(name)} (± 95% CI):")
             fmt = "{:.1%} ± {:.1%}" if name == "success" else "{:.3g} ± {:.2g}"
             tables.append(_table(self.metric_summary(name), self._adapted, fmt))
         return "\n".join(tables)
@@ -536,9 +536,7 @@ def evaluate(
             _check_tasks(sampler.env, given_tasks, tasks_file)
             tasks = given_tasks
         else:
-            tasks = {"test": lambda n: splits.test, "train": splits.train_sample, "ood": splits.ood}[split](
-                protocol["num_tasks"]
-            )
+            tasks = splits.evaluation_tasks(split, protocol["num_tasks"])
         returns, metrics, protocol["methods"] = {}, {}, {}
         for name, method in methods.items():
             if method is None:

@@ -227,6 +227,8 @@ class Sampler:
         if tasks is None or per_round is None:
             return self._round(policy, params, tasks, seed)
         per_round = min(per_round, num_tasks)
+        # One vector env serves every call: a smaller call fills up the one already built.
+        copies_for = max(per_round, *self._vector_envs, 0)
         # Every round acts with its rows of the noise an all-copies run would draw, step by step, and
         # resets its copies with their all-copies seeds: the episodes are those of one big round.
         noise = _AllCopiesNoise(num_tasks)
@@ -235,7 +237,7 @@ class Sampler:
             rows = slice(start, min(start + per_round, num_tasks))
             round_params = {name: value[rows] for name, value in params.items()}
             round_seed = seed + start * self.episodes_per_task
-            rounds.append(self._round(policy, round_params, tasks[rows], round_seed, noise, rows, per_round))
+            rounds.append(self._round(policy, round_params, tasks[rows], round_seed, noise, rows, copies_for))
         return stack_tasks(rounds)
 
     def tasks_per_round(self) -> int | None:
@@ -257,8 +259,8 @@ class Sampler:
         """One episode in each of the E copies of every task, all in lockstep.
 
         In a round (`noise` given), the policy acts with `rows` of the all-copies noise, and the
-        vector env holds `copies_for` tasks: a shorter last round fills it up with its last task
-        (their episodes are dropped), so that one vector env of ``max_copies`` copies serves all.
+        vector env holds `copies_for` tasks: a round with fewer tasks fills it up with its last task
+        (their episodes are dropped), so that one vector env of at most ``max_copies`` copies serves all.
         """
         num_tasks, num_episodes = len(tasks) if tasks is not None else 1, self.episodes_per_task
         width = max(copies_for or num_tasks, num_tasks)

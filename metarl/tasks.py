@@ -255,11 +255,6 @@ class TaskSplits:
         self.disjoint = True
         self._checked_share = False
 
-    @property
-    def fixed(self) -> bool:
-        """Whether the family declares fixed train/test lists."""
-        return self.lists is not None
-
     def sample_train(self, n: int) -> list[Any]:
         """`n` training tasks: from the fixed train list, or drawn, redrawing any that coincide with a test task.
 
@@ -303,9 +298,14 @@ class TaskSplits:
                 stacklevel=3,
             )
 
-    def train_sample(self, n: int) -> list[Any]:
-        """`n` tasks to evaluate on from the training distribution (``--split train``): a seeded subset of the
-        fixed train list, or fresh draws that exclude the held-out tasks."""
+    def evaluation_tasks(self, split: str, n: int) -> list[Any]:
+        """The tasks `metarl evaluate --split` runs on: ``test`` the held-out tasks, ``ood`` `n` tasks
+        outside the training distribution, ``train`` `n` training tasks (a seeded subset of the fixed
+        train list, or fresh draws that exclude the held-out tasks), for meta-train figures."""
+        if split == "test":
+            return self.test
+        if split == "ood":
+            return self.ood(n)
         rng = np.random.default_rng([self._test_seed, 5])
         if self.lists is not None:
             return _subset(self.lists["train"], n, rng)

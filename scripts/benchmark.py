@@ -174,8 +174,8 @@ def sampler_rate(config_dict: dict[str, Any], workers: int) -> dict[str, float]:
     start = time.perf_counter()
     episodes = sampler.sample(policy, params, tasks)
     elapsed = time.perf_counter() - start
-    workers_pids = [pid for envs in sampler._vector_envs.values() for pid in getattr(envs, "worker_pids", ())]
-    memory = {"peak_rss_mib": _peak_rss_mib(os.getpid()), "workers_peak_rss_mib": sum(map(_peak_rss_mib, workers_pids))}
+    worker_pids = [pid for envs in sampler._vector_envs.values() for pid in getattr(envs, "worker_pids", ())]
+    memory = {"peak_rss_mib": _peak_rss_mib(os.getpid()), "workers_peak_rss_mib": sum(map(_peak_rss_mib, worker_pids))}
     copies = max(envs.num_envs for envs in sampler._vector_envs.values())
     sampler.close()
     return {

@@ -210,14 +210,14 @@ def test_too_few_copies_for_one_task_is_refused():
 def test_a_family_with_fixed_lists_trains_on_its_train_list_and_holds_out_its_test_list():
     env = ListedEnv()
     splits = TaskSplits(env, train_seed=0, test_seed=1, num_test=40)
-    assert splits.fixed and splits.test == ListedEnv.TEST  # the whole test list, however many are asked for
+    assert splits.test == ListedEnv.TEST  # the whole test list, however many are asked for
     batches = [splits.sample_train(4) for _ in range(20)]
     assert all(len(set(batch)) == 4 for batch in batches)  # distinct within a meta-batch
     assert {t for batch in batches for t in batch} == set(ListedEnv.TRAIN)  # every training task is used
     assert len(splits.sample_train(8)) == 8  # more than the list: with replacement
     subset = TaskSplits(env, train_seed=0, test_seed=1, num_test=2).test
     assert len(subset) == 2 and set(subset) < set(ListedEnv.TEST)
-    assert set(splits.train_sample(3)) <= set(ListedEnv.TRAIN)
+    assert set(splits.evaluation_tasks("train", 3)) <= set(ListedEnv.TRAIN)
 
 
 def test_holding_out_a_large_share_of_a_finite_distribution_warns():
@@ -253,3 +253,21 @@ def test_training_never_samples_a_test_task_of_a_fixed_list(tmp_path):
     held_out = {json.dumps(t, sort_keys=True) for t in json.loads((run_dir / "test_tasks.json").read_text())}
     assert trained <= {json.dumps(dataclasses.asdict(t), sort_keys=True) for t in ListedEnv.TRAIN}
     assert held_out == {json.dumps(dataclasses.asdict(t), sort_keys=True) for t in ListedEnv.TEST}
+
+
+def test_a_smaller_call_reuses_the_bounded_vector_env_with_the_same_episodes():
+    tasks = [CountingTask(2, s) for s in (4, 2, 6, 1, 3)]
+    results = []
+    for copies in (None, 6):
+        sampler = Sampler(COUNTING, episodes_per_task=3, horizon=6, seed=5, max_copies=copies)
+        torch.manual_seed(0)
+        policy = GaussianMLPPolicy(2, 1, [8])
+        sampler.sample(policy, parameters_of(policy), tasks)
+        built = list(sampler._vector_envs.values())
+        results.append(sampler.sample(policy, parameters_of(policy), tasks[:1]))
+        if copies is not None:  # not rebuilt for one task: the 6-copy env runs it, filled up
+            assert list(sampler._vector_envs.values()) == built and built[0].num_envs == 6
+        sampler.close()
+    full, bounded = results
+    assert torch.equal(full.mask, bounded.mask)
+    assert torch.equal(full.actions * full.mask[..., None], bounded.actions * bounded.mask[..., None])
