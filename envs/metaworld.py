@@ -98,16 +98,16 @@ def task_classes(benchmark: str, env_name: str | None) -> tuple[str, ...]:
 class MetaWorldEnv(gym.Env):
     """One Meta-World task family: ``benchmark`` ML1 (with ``env_name``), ML10 or ML45.
 
-    ## Task distribution
-    Meta-World's fixed lists: ML1 (env.kwargs env_name, any of its 50 task classes, e.g. reach-v3,
-    push-v3) trains on 50 object/goal positions and tests on 50 others; ML10 and ML45 train on 10 or
-    45 task classes and test on 5 held-out classes, 50 positions each. Reports info["success"].
-
     Args:
         benchmark: ``ML1``, ``ML10`` or ``ML45``.
         env_name: ML1's task class, any of Meta-World's 50 (``reach-v3``, ``push-v3``, ...).
         seed: the seed Meta-World draws the benchmark's goal positions with (its test goals for
             ML1 with ``seed + 1``); the same seed gives the same task lists.
+
+    ## Task distribution
+    Meta-World's fixed lists: ML1 (env.kwargs env_name, any of its 50 task classes, e.g. reach-v3,
+    push-v3) trains on 50 object/goal positions and tests on 50 others; ML10 and ML45 train on 10 or
+    45 task classes and test on 5 held-out classes, 50 positions each. Reports info["success"].
     """
 
     metadata = {
