@@ -344,13 +344,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument(
         "--baselines",
-        nargs="+",
-        default=[],
+        nargs="*",
         metavar="METHOD",
         help="also evaluate these on the same tasks, through the same protocol: random (a freshly "
         "initialised policy, adapted the same way) and NAME=RUN for other runs of the same task family, "
         "e.g. pretrained=runs/nav_pretrain oracle=runs/nav_oracle fomaml=runs/nav_fomaml (an oracle run is "
-        "evaluated without adaptation)",
+        "evaluated without adaptation); default: the run's evaluation.baselines, none if given without methods",
     )
     evaluate.add_argument(
         "--baseline-lr",

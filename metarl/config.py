@@ -35,6 +35,8 @@ RESUMABLE_OVERRIDES = (
     "env.worker_timeout",
     "env.info_metrics",
     "env.max_copies",
+    "env.backend",
+    "env.ray_address",
 )
 
 
@@ -53,7 +55,15 @@ class EnvConfig:
     workers: int | None = None
     """Parallel stepping. Families with batched physics (HalfCheetah*, Navigation2D) run it on this
     many C threads (default: one per core). Other families step in this many worker processes when
-    it is above 1 (default: in the training process). Results do not depend on it."""
+    it is above 1 (default: in the training process). ``backend: ray``: the number of Ray actors
+    (default: one per CPU of the cluster). Results do not depend on it."""
+    backend: Literal["local", "ray"] = "local"
+    """Where episodes are sampled: ``local`` (this machine: batched physics or worker processes) or
+    ``ray`` (long-lived actors on a Ray cluster, ``env.workers`` of them, default one per CPU; the
+    same episodes for the same seed). Needs ``pip install -e ".[ray]"``."""
+    ray_address: str | None = None
+    """``ray``: the cluster to connect to (``HOST:6379`` or ``auto``; default ``RAY_ADDRESS``, else a
+    local instance with this machine's cores). Never read from a checkpoint or a resumed run's files."""
     worker_timeout: float | None = 60.0
     """Seconds a worker process may take to answer (one step of its environments) before the run
     stops with an error naming it; null waits as long as the worker lives."""
@@ -203,6 +213,9 @@ class EvaluationConfig:
     batch_unit: Literal["episodes", "steps"] | None = None
     """How each adaptation step's batch is counted (see ``env.batch_unit``; null: as in training).
     The MAML paper's protocol counts steps: 40 x 100 = 4,000 per step for 2D navigation."""
+    baselines: list[str] = dataclasses.field(default_factory=list)
+    """Methods evaluated next to the run on the same tasks when none are given (``metarl evaluate
+    --baselines``): ``random`` (a fresh policy adapted the same way) or ``NAME=RUN``."""
     checkpoint: Literal["newest", "best"] = "newest"
     """The checkpoint ``metarl train --evaluate`` evaluates: the newest (the final θ of a finished run),
     or ``best.pt``, the θ with the highest post-adaptation return on training tasks."""
@@ -462,6 +475,15 @@ def config_from_dict(data: Mapping[str, Any], overrides: Iterable[str] = ()) -> 
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def stored_config(data: Mapping[str, Any], overrides: Iterable[str] = ()) -> Config:
+    """The config of a checkpoint or run directory, which may come from elsewhere: its
+    ``env.ray_address`` is dropped, since a file must not choose the cluster this process exchanges
+    (pickled) data with; `overrides` (or ``RAY_ADDRESS``) may name one."""
+    if isinstance(data, Mapping) and isinstance(data.get("env"), Mapping):
+        data = {**data, "env": {k: v for k, v in data["env"].items() if k != "ray_address"}}
+    return config_from_dict(data, overrides)
 
 
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> Config:

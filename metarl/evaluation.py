@@ -23,8 +23,9 @@ import torch
 import yaml
 from torch import nn
 
+from metarl.backends import make_sampler
 from metarl.checkpoint import load_checkpoint
-from metarl.config import AdvantageConfig, Config, config_from_dict
+from metarl.config import AdvantageConfig, Config, config_from_dict, stored_config
 from metarl.errors import CheckpointError, ConfigError, EnvError, RunDirError
 from metarl.functional import Params, detach, distribution, parameters_of, per_task
 from metarl.inner import InnerLoop, LearnedStepSizes, estimate_advantages, step_size_summary
@@ -177,7 +178,7 @@ def load(path: str | Path, trust_modules: Collection[str] = ()) -> MetaPolicy:
     (`metarl.tasks.check_trusted_env`).
     """
     checkpoint = load_checkpoint(path)
-    config = config_from_dict(checkpoint["config"])
+    config = stored_config(checkpoint["config"])
     check_trusted_env(config.env.id, trust_modules, f"checkpoint '{checkpoint['path']}'")
     env = make_env(config.env.id, config.env.kwargs, config.env.horizon, config.env.task_space, check=False)
     observation_space = env.observation_space
@@ -442,7 +443,7 @@ def evaluate(
     split: str = "test",
     batch_unit: str | None = None,
     tasks_file: str | Path | None = None,
-    baselines: Sequence[str] = (),
+    baselines: Sequence[str] | None = None,
     baseline_lrs: Mapping[str, float] | None = None,
     videos: int = 0,
     trust_modules: Collection[str] = (),
@@ -463,6 +464,7 @@ def evaluate(
     ``NAME=RUN`` for another run of the same task family, e.g. ``pretrained=runs/nav_pretrain``
     (``metarl train --algo pretrain``), ``oracle=runs/nav_oracle`` (``--algo oracle``: it observes
     the task and is evaluated without adaptation) or ``fomaml=runs/nav_first_order``.
+    (default: the run's ``evaluation.baselines``; ``()`` for none).
     ``baseline_lrs``: a first-step size per method name (the MAML paper tuned the baselines' own).
     ``videos``: record one episode before and one after adaptation for this many tasks.
     ``trust_modules``: modules (or ``module:Name`` entry points) that the checkpoints' ``env.id``
@@ -485,6 +487,8 @@ def evaluate(
             raise CheckpointError(f"'{path}' does not exist: the run has no best.pt; evaluate its newest checkpoint")
     meta_policy = load(path, trust_modules)
     methods = {method_name(meta_policy.config): meta_policy}
+    if baselines is None:
+        baselines = meta_policy.config.evaluation.baselines
     for name, other in _parse_baselines(baselines, methods).items():
         if other is not None:
             methods[name] = load(other, trust_modules)
@@ -515,7 +519,7 @@ def evaluate(
         """One sampler for the methods that see the task (oracles), one for the others."""
         if observe_task not in samplers:
             algo = "oracle" if observe_task else "maml"
-            samplers[observe_task] = Sampler.from_config(
+            samplers[observe_task] = make_sampler(
                 config_from_dict(config.to_dict(), [f"train.algo={algo}"]),
                 protocol["episodes_per_task"],
                 protocol["seed"],

@@ -121,23 +121,34 @@ class Sampler:
     ) -> Sampler:
         """The sampler a config describes (``inner.episodes_per_task``, ``train.seed`` and
         ``env.batch_unit`` unless given)."""
-        return cls(
-            config.env.id,
-            episodes_per_task or config.inner.episodes_per_task,
-            config.env.kwargs,
-            config.env.horizon,
-            config.policy.action_scaling,
-            seed=config.train.seed if seed is None else seed,
-            device=config.train.device,
-            action_bound=config.policy.action_bound,
-            batch_unit=batch_unit or config.env.batch_unit,
-            workers=config.env.workers,
-            task_space=config.env.task_space,
-            observe_task=config.train.algo == "oracle",
-            worker_timeout=config.env.worker_timeout,
-            info_metrics=config.env.info_metrics,
-            max_copies=config.env.max_copies,
-        )
+        return cls(**cls.config_arguments(config, episodes_per_task, seed, batch_unit))
+
+    @classmethod
+    def config_arguments(
+        cls,
+        config: Config,
+        episodes_per_task: int | None = None,
+        seed: int | None = None,
+        batch_unit: str | None = None,
+    ) -> dict[str, Any]:
+        """The constructor's arguments that `config` sets (see `from_config`)."""
+        return {
+            "env_id": config.env.id,
+            "episodes_per_task": episodes_per_task or config.inner.episodes_per_task,
+            "env_kwargs": config.env.kwargs,
+            "horizon": config.env.horizon,
+            "action_scaling": config.policy.action_scaling,
+            "seed": config.train.seed if seed is None else seed,
+            "device": config.train.device,
+            "action_bound": config.policy.action_bound,
+            "batch_unit": batch_unit or config.env.batch_unit,
+            "workers": config.env.workers,
+            "task_space": config.env.task_space,
+            "observe_task": config.train.algo == "oracle",
+            "worker_timeout": config.env.worker_timeout,
+            "info_metrics": config.env.info_metrics,
+            "max_copies": config.env.max_copies,
+        }
 
     @classmethod
     def for_env(
@@ -162,6 +173,10 @@ class Sampler:
         sampler.observation_space, sampler.action_space = env.observation_space, env.action_space
         sampler._vector_envs = {1: gym.vector.SyncVectorEnv([lambda: env], autoreset_mode="NextStep")}
         return sampler
+
+    def statistics(self) -> dict[str, float]:
+        """Counters training logs next to its timings (the Ray backend's restarts and traffic)."""
+        return {}
 
     def reseed(self, seed: int) -> None:
         """Restart the generator that seeds every episode's reset (what `seed` at construction sets)."""
@@ -220,25 +235,41 @@ class Sampler:
             return self._lockstep_episodes(policy, params, tasks)
 
     def _lockstep_episodes(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
-        """All episodes at once, or in rounds of whole tasks on one vector env of `max_copies` copies."""
-        num_tasks = len(tasks) if tasks is not None else 1
+        """One episode in each of the E copies of every task, from the next seed of `rng`."""
         seed = int(self.rng.integers(2**31))
-        per_round = self.tasks_per_round()
-        if tasks is None or per_round is None:
-            return self._round(policy, params, tasks, seed)
-        per_round = min(per_round, num_tasks)
-        # One vector env serves every call: a smaller call fills up the one already built.
-        copies_for = max(per_round, *self._vector_envs, 0)
-        # Every round acts with its rows of the noise an all-copies run would draw, step by step, and
-        # resets its copies with their all-copies seeds: the episodes are those of one big round.
-        noise = _AllCopiesNoise(num_tasks)
+        if tasks is None:
+            return self._round(policy, params, None, seed)
+        return self.task_episodes(policy, params, tasks, seed, AllCopiesNoise(len(tasks)))
+
+    def task_episodes(
+        self,
+        policy: nn.Module,
+        params: Params,
+        tasks: Sequence[Any],
+        seed: int,
+        noise: AllCopiesNoise,
+        first_task: int = 0,
+    ) -> Episodes:
+        """The episodes of `tasks`, tasks ``first_task, first_task + 1, …`` of a call over
+        ``noise.total_tasks`` tasks whose copies reset with seeds ``seed, seed + 1, …``.
+
+        Whichever part of a call runs here (all of it, a round of `max_copies`, a Ray actor's
+        slice), copy ``i`` of the call resets with ``seed + i`` and acts with its rows of the
+        call's noise, so the parts' episodes are those of the whole call at once. Runs in rounds
+        of whole tasks on at most `max_copies` copies.
+        """
+        num_tasks = len(tasks)
+        per_round = min(self.tasks_per_round() or num_tasks, num_tasks)
+        # Bounded: one vector env serves every call, a smaller call fills up the one already built.
+        copies_for = max(per_round, *self._vector_envs, 0) if self.max_copies is not None else None
         rounds = []
         for start in range(0, num_tasks, per_round):
             rows = slice(start, min(start + per_round, num_tasks))
             round_params = {name: value[rows] for name, value in params.items()}
-            round_seed = seed + start * self.episodes_per_task
-            rounds.append(self._round(policy, round_params, tasks[rows], round_seed, noise, rows, copies_for))
-        return stack_tasks(rounds)
+            call_rows = slice(first_task + rows.start, first_task + rows.stop)
+            round_seed = seed + call_rows.start * self.episodes_per_task
+            rounds.append(self._round(policy, round_params, tasks[rows], round_seed, noise, call_rows, copies_for))
+        return rounds[0] if len(rounds) == 1 else stack_tasks(rounds)
 
     def tasks_per_round(self) -> int | None:
         """How many tasks' episodes run at once on the `max_copies` environment copies (None: all)."""
@@ -252,15 +283,15 @@ class Sampler:
         params: Params,
         tasks: Sequence[Any] | None,
         seed: int,
-        noise: _AllCopiesNoise | None = None,
+        noise: AllCopiesNoise | None = None,
         rows: slice | None = None,
         copies_for: int | None = None,
     ) -> Episodes:
         """One episode in each of the E copies of every task, all in lockstep.
 
-        In a round (`noise` given), the policy acts with `rows` of the all-copies noise, and the
-        vector env holds `copies_for` tasks: a round with fewer tasks fills it up with its last task
-        (their episodes are dropped), so that one vector env of at most ``max_copies`` copies serves all.
+        With `noise`, the policy acts with `rows` of the call's noise. The vector env holds
+        `copies_for` tasks: a round with fewer tasks fills it up with its last task (their episodes
+        are dropped), so that one vector env of at most ``max_copies`` copies serves all.
         """
         num_tasks, num_episodes = len(tasks) if tasks is not None else 1, self.episodes_per_task
         width = max(copies_for or num_tasks, num_tasks)
@@ -362,18 +393,26 @@ def _check_finite(values: np.ndarray, what: str, tasks: Sequence[Any] | None, nu
         )
 
 
-class _AllCopiesNoise:
-    """The policy noise an all-copies run draws, step by step, shared by the rounds of one call.
+class AllCopiesNoise:
+    """The policy noise of one sampling call, step by step, shared by the parts that run it.
 
-    An all-copies run draws one standard-normal tensor ``[B, E, action]`` per step from torch's
-    generator (``Normal.sample``: ``loc + scale · ε``). The rounds draw those same tensors, in step
-    order, whichever round first reaches a step, and act with their rows; the generator ends where
-    the all-copies run's would. Discrete policies sample each round on its own (same distribution).
+    A call over B tasks draws one standard-normal tensor ``[B, E, action]`` per step from torch's
+    generator, as ``Normal.sample`` would for all copies at once (``loc + scale · ε``). Its parts
+    (rounds of `max_copies`, Ray actors) draw those same tensors, in step order, whichever part
+    first reaches a step, and act with their rows; the generator ends where the all-at-once call's
+    would. Discrete policies sample each part on its own (same distribution, other draws).
     """
 
     def __init__(self, total_tasks: int) -> None:
         self.total_tasks = total_tasks
         self.steps: list[Tensor] = []
+
+    @staticmethod
+    def skip(steps: int, shape: Sequence[int]) -> None:
+        """Advance torch's generator past `steps` steps of a call's noise of `shape` ``[B, E, action]``
+        (drawn elsewhere, e.g. by Ray actors from a copy of this generator's state)."""
+        for _ in range(steps):
+            torch.empty(tuple(shape)).normal_()
 
     def act(self, pi: Distribution, t: int, rows: slice, width: int) -> Tensor:
         """Actions of the round's tasks (`rows` of the all-copies batch) at step `t`."""

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 import yaml
 
+from metarl.backends import make_sampler
 from metarl.checkpoint import CheckpointKeeper, latest_checkpoint
-from metarl.config import RESUMABLE_OVERRIDES, Config, config_from_dict
+from metarl.config import RESUMABLE_OVERRIDES, Config, stored_config
 from metarl.curvature import has_fast_bfloat16, supports_fast_curvature
 from metarl.errors import CheckpointError, ConfigError, NonFiniteError, RunDirError
 from metarl.inner import InnerLoop, LearnedStepSizes
@@ -112,7 +113,7 @@ def build_training(config: Config) -> TrainingState:
         # The baselines take no inner step; each iteration samples as many episodes per task as
         # MAML's pre- and post-adaptation batches hold together.
         inner_steps, episodes_per_task = 0, episodes_per_task * (config.inner.steps + 1)
-    sampler = Sampler.from_config(config, episodes_per_task)
+    sampler = make_sampler(config, episodes_per_task)
     try:
         check_training_memory(
             config, sampler.observation_space, sampler.action_space, sampler.horizon, episodes_per_task
@@ -162,6 +163,7 @@ def training_iteration(
             "time/adapt_s": batch.timings["adapt_s"],
             "time/outer_s": end - outer_start,
             "time/iteration_s": end - start,
+            **state.sampler.statistics(),
         }
     )
     return batch, metrics
@@ -411,7 +413,7 @@ def resume(
             data, source = checkpoint["config"], f"checkpoint '{checkpoint['path']}'"
         else:
             data, source = _first_config(run.path), f"'{run.path / 'config.yaml'}'"
-        config = config_from_dict(data, overrides)
+        config = stored_config(data, overrides)
         check_trusted_env(config.env.id, trust_modules, source)
         done = checkpoint["iteration"] if checkpoint is not None else 0
         if done >= config.train.iterations:

@@ -26,6 +26,11 @@ benchmark, not a test: the machine's load moves the numbers, so compare ratios t
 times each outer algorithm's meta-iteration, split into phases, in fresh processes one after the
 other (the ratios to the first are the comparison).
 
+    python scripts/benchmark.py experiments/halfcheetah_vel_quick.yaml --backends
+
+times the same meta-iterations on the local backend and on Ray actors (``env.backend: ray``, one
+per core, a local Ray instance or ``RAY_ADDRESS``), with the bytes Ray moves and its overhead.
+
     python scripts/benchmark.py experiments/navigation_2d.yaml --side-by-side [--iterations 8]
 
 measures instead how runs share the machine: ``metarl train`` alone, then two copies started
@@ -261,6 +266,7 @@ def meta_iterations(config_dict: dict[str, Any], iterations: int, products: bool
             logger.log(iteration, metrics)
             end = time.perf_counter()
             record = {k.removeprefix("time/"): v for k, v in metrics.items() if k.startswith("time/")}
+            record.update({k: v for k, v in metrics.items() if k.startswith("sampler/")})  # Ray's counters
             record.pop("env_steps_per_s", None)
             known = sum(record.get(k, 0.0) for k in ("meta_gradient_s", "conjugate_gradient_s", "line_search_s"))
             record["outer_other_s"] = record["outer_s"] - known
@@ -383,6 +389,50 @@ def compare_algorithms(args: argparse.Namespace) -> None:
         print(f"\nwritten to {args.out}")
 
 
+def compare_backends(args: argparse.Namespace) -> None:
+    """The same meta-iterations on the local backend and on Ray actors, one fresh process each."""
+    results = {}
+    for backend in ("local", "ray"):
+        config = load_config(args.config, [*args.set, f"env.backend={backend}", f"env.workers={CORES}"])
+        results[backend] = in_child_process(meta_iterations, config.to_dict(), args.iterations, False)
+    print(f"{args.config}: local backend against {CORES} Ray actors, median of {max(args.iterations - 1, 1)} (s)")
+    for phase in ("iteration_s", "sample_s", "outer_s"):
+        local, ray = (results[b]["median"][phase] for b in ("local", "ray"))
+        print(f"  {phase.removesuffix('_s'):<12} local {local:8.3f}   ray {ray:8.3f}   ray / local {ray / local:.2f}")
+    # Ray's counters are totals since the start: per iteration, the differences after the first.
+    records = results["ray"]["per_iteration"]
+    per_iteration = (
+        {
+            key.removeprefix("sampler/"): statistics.median(
+                b[key] - a[key] for a, b in zip(records, records[1:], strict=False)
+            )
+            for key in ("sampler/bytes_sent", "sampler/bytes_received", "sampler/ray_overhead_s")
+        }
+        if len(records) > 1
+        else {}
+    )
+    ratio = results["ray"]["median"]["iteration_s"] / results["local"]["median"]["iteration_s"]
+    print(
+        f"  per iteration on Ray: {per_iteration.get('bytes_sent', 0) / 1e6:.2f} MB sent, "
+        f"{per_iteration.get('bytes_received', 0) / 1e6:.2f} MB received, "
+        f"{per_iteration.get('ray_overhead_s', 0):.3f} s beyond the actors' own time"
+    )
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        config = load_config(args.config, args.set)
+        sizes = {
+            "tasks": config.outer.tasks_per_batch,
+            "episodes": config.inner.episodes_per_task,
+            "calls": config.inner.steps + 1,  # sampling calls per iteration
+        }
+        summary = {"config": args.config, "overrides": args.set, "cores": CORES, "config_sizes": sizes}
+        summary["backends"] = results
+        args.out.write_text(
+            json.dumps({**summary, "ray_per_iteration": per_iteration, "ray_over_local": ratio}, indent=1)
+        )
+        print(f"\nwritten to {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config (its env id and sizes are benchmarked)")
@@ -401,7 +451,16 @@ def main() -> None:
         help="measure only the meta-iteration of these outer algorithms, side by side, each optionally with "
         "settings of its own: trpo,promp,promp+outer.precision=bfloat16",
     )
+    parser.add_argument(
+        "--backends",
+        action="store_true",
+        help="measure only the local backend against Ray actors (one per core): seconds per iteration, bytes "
+        "sent and received, Ray's overhead",
+    )
     args = parser.parse_args()
+    if args.backends:
+        compare_backends(args)
+        return
     if args.side_by_side:
         side_by_side(args)
         return

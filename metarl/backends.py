@@ -1,0 +1,359 @@
+"""Sampling backends: the local `Sampler`, or long-lived Ray actors on a cluster (``env.backend``).
+
+`RaySampler` splits each sampling call's tasks into contiguous slices of whole tasks, one per
+actor. An actor (`SamplerActor`) owns a local `Sampler` (its environment copies, built in the actor
+from the env id and tasks, batched physics where the family has it) for the whole run, and runs
+whole episodes of its slice with its own batched policy forward. Per call the learner puts θ (or the
+per-task adapted parameters) into Ray's object store once; actors return numpy arrays. No remote
+call per env step.
+
+Same results: copy ``i`` of a call resets with ``seed + i`` on whichever actor holds it, and every
+actor draws the call's policy noise from a copy of the learner's torch generator, taking its own
+rows (`AllCopiesNoise`); the learner then advances its generator as the local call would. The
+episodes are bit-identical to the local backend's for Gaussian policies on a CPU learner (tested),
+whatever the number of actors or nodes. With ``train.device: cuda`` the actors still draw their
+noise on the CPU, so the episodes follow the same distribution but differ from a local GPU run.
+
+Faults: an actor that dies is re-created and its slice sampled again with the same seeds and noise,
+so the episodes are those of a call without the fault (logged, and counted as
+``sampler/actor_restarts``); an actor that keeps dying, or a lost cluster, stops the run with a
+`WorkerError` (training saves ``last.pt`` and ``--resume`` continues).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import pickle
+import socket
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metarl.config import Config
+from metarl.episodes import Episodes, stack_tasks
+from metarl.errors import ConfigError, MetarlError, WorkerError
+from metarl.functional import Params
+from metarl.sampler import AllCopiesNoise, Sampler
+from metarl.threads import available_cpus, torch_threads
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("local", "ray")
+# Times in a row an actor may die on one slice of a call before the run stops.
+MAX_RESTARTS = 3
+_FIELDS = ("observations", "actions", "rewards", "mask", "log_probs")
+
+
+def make_sampler(
+    config: Config, episodes_per_task: int | None = None, seed: int | None = None, batch_unit: str | None = None
+) -> Sampler:
+    """The sampler of ``config.env.backend``: `Sampler` (local) or `RaySampler`."""
+    if config.env.backend == "ray":
+        return RaySampler.from_config(config, episodes_per_task, seed, batch_unit)
+    return Sampler.from_config(config, episodes_per_task, seed, batch_unit)
+
+
+def connect_ray(address: str | None = None) -> str:
+    """Connect to the Ray cluster at `address` (or ``RAY_ADDRESS``), else start a local instance
+    with this machine's cores; returns a description. Keeps a connection that already exists."""
+    ray = _import_ray()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None and address != "auto":
+        _check_reachable(address)
+    if ray.is_initialized():
+        return "the Ray instance this process is connected to"
+    try:
+        if address is None:
+            ray.init(num_cpus=available_cpus(), include_dashboard=False, logging_level=logging.WARNING)
+            return "a local Ray instance"
+        ray.init(address=address, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as error:
+        auth = (
+            ""
+            if os.environ.get("RAY_AUTH_MODE") == "token"
+            else " (with token authentication, ray start's default: export RAY_AUTH_MODE=token, the cluster's "
+            "token in ~/.ray/auth_token)"
+        )
+        raise WorkerError(
+            f"could not connect to the Ray cluster at {address!r} ({_first_line(error)}): start one with "
+            f"'ray start --head'{auth}, or leave env.ray_address and RAY_ADDRESS unset for a local instance"
+        ) from None
+    return f"the Ray cluster at {address}"
+
+
+class SamplerActor:
+    """One Ray actor: a local `Sampler` over its own environment copies, for the whole run."""
+
+    def __init__(self, sampler_kwargs: Mapping[str, Any]) -> None:
+        torch.set_num_threads(1)
+        self.sampler = Sampler(**sampler_kwargs)
+
+    def where(self) -> tuple[str, str, int]:
+        """Node id, node address and process id: what a fault report names."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), os.getpid()
+
+    def run(
+        self,
+        policy: nn.Module,
+        params: Mapping[str, np.ndarray],
+        shared: bool,
+        first_task: int,
+        tasks: Sequence[Any],
+        seed: int,
+        rng_state: torch.Tensor,
+        total_tasks: int,
+    ) -> tuple[dict[str, Any], int, float]:
+        """The episodes of `tasks` (tasks `first_task`… of a call over `total_tasks`) as numpy
+        arrays, the noise steps drawn, and the seconds spent."""
+        start = time.perf_counter()
+        rows = slice(first_task, first_task + len(tasks))
+        tensors = {name: torch.from_numpy(np.array(value)) for name, value in params.items()}  # writable copies
+        if shared:  # θ, the same for every task
+            tensors = {name: value.expand(len(tasks), *value.shape) for name, value in tensors.items()}
+        else:
+            tensors = {name: value[rows] for name, value in tensors.items()}
+        torch.set_rng_state(rng_state)
+        noise = AllCopiesNoise(total_tasks)
+        with torch.no_grad(), torch_threads(1):
+            episodes = self.sampler.task_episodes(policy, tensors, tasks, seed, noise, first_task)
+        arrays = {name: getattr(episodes, name).numpy() for name in _FIELDS}
+        arrays["metrics"] = {k: v.numpy() for k, v in (episodes.metrics or {}).items()}
+        return arrays, len(noise.steps), time.perf_counter() - start
+
+
+class RaySampler(Sampler):
+    """A `Sampler` whose calls run on `actors` Ray actors, each owning a slice of whole tasks.
+
+    Args:
+        actors: Ray actors (default: one per CPU of the cluster); each takes one CPU.
+        address: the Ray cluster to connect to (default: ``RAY_ADDRESS``, else a local instance).
+        **kwargs: the `Sampler`'s; the actors build their own copies of the environment with them
+            (one thread each: ``workers`` is not passed on).
+    """
+
+    def __init__(self, *, actors: int | None = None, address: str | None = None, **kwargs: Any) -> None:
+        self.cluster = connect_ray(address)
+        super().__init__(**{**kwargs, "workers": 1})
+        self._actor_kwargs = {**kwargs, "workers": 1, "device": "cpu", "seed": 0}
+        cpus = int(_import_ray().cluster_resources().get("CPU", 0))
+        self.num_actors = actors or max(1, cpus)
+        if self.num_actors > cpus:
+            raise ConfigError(
+                [
+                    f"env.workers={self.num_actors} Ray actors need a CPU each, but {self.cluster} has {cpus}: "
+                    f"set env.workers to at most {cpus}, or add nodes (ray start --address HEAD:6379)"
+                ]
+            )
+        self._actors: list[Any] = []
+        self._where: list[Any] = []  # per actor: (node id, address, pid), or the call that answers it
+        self._policies: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
+        self.actor_restarts = 0
+        self.bytes_sent = self.bytes_received = 0
+        self.overhead_s = 0.0  # a call's wall time beyond its slowest actor's own time, summed
+
+    @classmethod
+    def config_arguments(
+        cls,
+        config: Config,
+        episodes_per_task: int | None = None,
+        seed: int | None = None,
+        batch_unit: str | None = None,
+    ) -> dict[str, Any]:
+        """The local sampler's arguments, and the actors (``env.workers``) and cluster (``env.ray_address``)."""
+        arguments = super().config_arguments(config, episodes_per_task, seed, batch_unit)
+        return {**arguments, "actors": config.env.workers, "address": config.env.ray_address}
+
+    def statistics(self) -> dict[str, float]:
+        """What training logs next to its timings (``sampler/...``)."""
+        return {
+            "sampler/actor_restarts": float(self.actor_restarts),
+            "sampler/bytes_sent": float(self.bytes_sent),
+            "sampler/bytes_received": float(self.bytes_received),
+            "sampler/ray_overhead_s": self.overhead_s,
+        }
+
+    def _lockstep_episodes(self, policy: nn.Module, params: Params, tasks: Sequence[Any] | None) -> Episodes:
+        if tasks is None:
+            return super()._lockstep_episodes(policy, params, tasks)
+        ray = _import_ray()
+        start = time.perf_counter()
+        seed = int(self.rng.integers(2**31))
+        rng_state = torch.get_rng_state()
+        num_tasks = len(tasks)
+        shared = all(value.stride(0) == 0 for value in params.values())  # θ expanded over the tasks
+        arrays = {name: (value[0] if shared else value).detach().cpu().numpy() for name, value in params.items()}
+        self.bytes_sent += sum(value.nbytes for value in arrays.values())
+        params_ref = ray.put(arrays)
+        policy_ref = self._policy_ref(policy)
+        calls = {}
+        for index, (first, stop) in enumerate(_slices(num_tasks, self.num_actors)):
+            inline = (first, list(tasks[first:stop]), seed, rng_state, num_tasks)  # sent with each call
+            self.bytes_sent += len(pickle.dumps(inline))
+            calls[index] = (policy_ref, params_ref, shared, *inline)
+        results = self._run(calls)
+        parts, noise_steps, busy = [], 0, 0.0
+        for arrays_out, steps, seconds in results:
+            metrics = {k: torch.from_numpy(np.array(v)).to(self.device) for k, v in arrays_out.pop("metrics").items()}
+            self.bytes_received += sum(v.nbytes for v in arrays_out.values())
+            tensors = {k: torch.from_numpy(np.array(v)).to(self.device) for k, v in arrays_out.items()}
+            parts.append(Episodes(**tensors, metrics=metrics or None))
+            noise_steps, busy = max(noise_steps, steps), max(busy, seconds)
+        episodes = parts[0] if len(parts) == 1 else stack_tasks(parts)
+        actions = episodes.actions.shape  # [B, E, T, *action]
+        AllCopiesNoise.skip(noise_steps, (num_tasks, actions[1], *actions[3:]))
+        self.overhead_s += max(0.0, time.perf_counter() - start - busy)
+        return episodes
+
+    def _policy_ref(self, policy: nn.Module) -> Any:
+        """The policy module in the object store, put once per module (its structure; the
+        parameters travel with each call)."""
+        if policy not in self._policies:
+            module = policy if next(policy.parameters()).device.type == "cpu" else copy.deepcopy(policy).cpu()
+            self.bytes_sent += len(pickle.dumps(module))
+            self._policies[policy] = _import_ray().put(module)
+        return self._policies[policy]
+
+    def _actor(self, index: int) -> Any:
+        while len(self._actors) <= index:
+            self._actors.append(None)
+            self._where.append(None)
+        if self._actors[index] is None:
+            ray = _import_ray()
+            remote = ray.remote(num_cpus=1, max_restarts=0)(SamplerActor)
+            self._actors[index] = remote.options(scheduling_strategy="SPREAD").remote(self._actor_kwargs)
+            self._where[index] = None
+        return self._actors[index]
+
+    def describe_actor(self, index: int) -> str:
+        """``Ray actor i (pid … on node …)``, as far as the actor told before it failed."""
+        where = self._resolve_where(index)
+        if where is None:
+            return f"Ray actor {index}"
+        node_id, address, pid = where
+        return f"Ray actor {index} (pid {pid} on node {address}, {node_id[:8]})"
+
+    def _resolve_where(self, index: int) -> tuple[str, str, int] | None:
+        where = self._where[index] if index < len(self._where) else None
+        if where is not None and not isinstance(where, tuple):  # still the actor's answer to come
+            try:
+                where = self._where[index] = _import_ray().get(where, timeout=5)
+            except Exception:  # noqa: BLE001 - an actor that died before answering
+                return None
+        return where
+
+    def actor_nodes(self) -> list[str]:
+        """The node id of every actor (after a first call)."""
+        return [where[0] for where in map(self._resolve_where, range(len(self._where))) if where is not None]
+
+    def _run(self, calls: Mapping[int, tuple[Any, ...]]) -> list[Any]:
+        """Every actor's result for its call; a dead actor is re-created and its call run again."""
+        ray = _import_ray()
+        from ray import exceptions
+
+        results: dict[int, Any] = {}
+        deaths = dict.fromkeys(calls, 0)
+        pending = {self._submit(index, call): index for index, call in calls.items()}
+        try:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.worker_timeout)
+                if not ready:
+                    late = ", ".join(self.describe_actor(i) for i in sorted(pending.values()))
+                    raise WorkerError(
+                        f"{late} did not return its episodes within {self.worker_timeout:g} s (env.worker_timeout): "
+                        "the environment may hang, or needs longer: raise env.worker_timeout"
+                    )
+                index = pending.pop(ready[0])
+                try:
+                    results[index] = ray.get(ready[0])
+                except exceptions.RayActorError as error:
+                    deaths[index] += 1
+                    what = f"{self.describe_actor(index)} died ({_first_line(error)})"
+                    if deaths[index] > MAX_RESTARTS:
+                        raise WorkerError(f"{what}, {deaths[index]} times on the same tasks: giving up") from None
+                    self._actors[index] = None
+                    self.actor_restarts += 1
+                    first, tasks = calls[index][3], calls[index][4]
+                    log.warning(
+                        "%s; re-created it and sampled its tasks %d-%d again", what, first, first + len(tasks) - 1
+                    )
+                    pending[self._submit(index, calls[index])] = index
+                except exceptions.RayTaskError as error:
+                    cause = error.cause
+                    if isinstance(cause, MetarlError):  # e.g. the environment's NaN, named by copy and task
+                        raise cause from None
+                    raise WorkerError(
+                        f"{self.describe_actor(index)} raised {type(cause).__name__}: {cause}",
+                        details=str(error),
+                    ) from None
+                except exceptions.RayError as error:
+                    raise WorkerError(
+                        f"lost {self.cluster} while sampling ({_first_line(error)}); the run's last checkpoint is kept"
+                    ) from None
+        except BaseException:
+            self.close_actors()  # Ctrl-C or an error: the actors' answers are left unread
+            raise
+        return [results[index] for index in sorted(results)]
+
+    def _submit(self, index: int, call: tuple[Any, ...]) -> Any:
+        actor = self._actor(index)
+        if self._where[index] is None:
+            self._where[index] = actor.where.remote()  # answered before the call: actors run in order
+        return actor.run.remote(*call)
+
+    def close_actors(self) -> None:
+        """Stop the actors (they are created again on the next call)."""
+        ray = _import_ray()
+        for actor in self._actors:
+            if actor is not None and ray.is_initialized():
+                ray.kill(actor)
+        self._actors.clear()
+        self._where.clear()
+
+    def close(self) -> None:
+        self.close_actors()
+        super().close()
+
+
+def _slices(num_tasks: int, parts: int) -> list[tuple[int, int]]:
+    """Contiguous slices of whole tasks, as even as possible, at most `parts` of them."""
+    parts = max(1, min(parts, num_tasks))
+    sizes = [num_tasks // parts + (i < num_tasks % parts) for i in range(parts)]
+    bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds, not minutes, where nothing listens at a ``HOST:PORT`` address (Ray's own
+    connection attempts retry for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError([f"env.ray_address must be HOST:PORT (e.g. 10.0.0.1:6379) or 'auto', got {address!r}"])
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as error:
+        raise WorkerError(
+            f"could not connect to the Ray cluster at {address!r} ({error.strerror or error}): start one with "
+            "'ray start --head', or leave env.ray_address and RAY_ADDRESS unset for a local instance"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(["env.backend: ray needs Ray: pip install -e '.[ray]' (or set env.backend: local)"]) from None
+    return ray

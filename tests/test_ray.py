@@ -1,0 +1,273 @@
+"""The Ray backend (``env.backend: ray``): the local backend's episodes, actor faults, training and resume.
+
+One local Ray instance with 2 CPUs serves the whole module (`ray_instance`); the two-node cluster
+is in `test_ray_cluster.py`.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import ray
+import torch
+from gymnasium import spaces
+
+import metarl
+from metarl.backends import RaySampler, make_sampler
+from metarl.config import load_config
+from metarl.errors import ConfigError, NonFiniteError, WorkerError
+from metarl.functional import parameters_of
+from metarl.policies import make_policy
+from metarl.sampler import Sampler
+from metarl.tasks import sample_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+FIELDS = ("observations", "actions", "rewards", "mask", "log_probs")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield
+    ray.shutdown()
+
+
+def sample_both(config, tasks_count=5, per_task_params=False, seed=1, order=("local", "ray")):
+    """One call of the local and of the Ray sampler (in `order`), each as (episodes, torch's
+    generator state after the call, sampler)."""
+    results = {}
+    for backend in order:
+        sampler = make_sampler(config_with(config, backend))
+        try:
+            torch.manual_seed(0)
+            policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
+            params = parameters_of(policy)
+            tasks = sample_tasks(sampler.env, tasks_count, np.random.default_rng(seed))
+            if per_task_params:  # adapted parameters: one set per task
+                torch.manual_seed(5)
+                params = {k: v.detach() + 0.1 * torch.randn(tasks_count, *v.shape) for k, v in params.items()}
+            torch.manual_seed(seed)
+            episodes = sampler.sample(policy, params, tasks)
+            results[backend] = (episodes, torch.get_rng_state(), sampler)
+            if isinstance(sampler, RaySampler):
+                sampler.used_nodes = sampler.actor_nodes()  # before close() stops the actors
+        finally:
+            sampler.close()
+    return results["local"], results["ray"]
+
+
+def config_with(config, backend):
+    return metarl.config.config_from_dict(config.to_dict(), [f"env.backend={backend}"])
+
+
+def assert_identical(a, b):
+    for field in FIELDS:
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert (a.metrics or {}).keys() == (b.metrics or {}).keys()
+    for key in a.metrics or {}:
+        assert torch.equal(a.metrics[key], b.metrics[key])
+
+
+@pytest.mark.parametrize(
+    "settings, per_task_params",
+    [
+        (["env.workers=2"], False),  # θ shared by the tasks, two actors
+        (["env.workers=1", "env.max_copies=8"], True),  # adapted parameters, rounds of 2 tasks in the actor
+    ],
+)
+def test_ray_episodes_are_the_local_backend_s_bit_for_bit(settings, per_task_params):
+    config = load_config("experiments/smoke.yaml", settings)
+    (local, local_rng, _), (remote, remote_rng, sampler) = sample_both(config, per_task_params=per_task_params)
+    assert_identical(local, remote)
+    assert torch.equal(local_rng, remote_rng)  # the learner's generator goes on as after a local call
+    assert isinstance(sampler, RaySampler) and sampler.num_actors == int(settings[0].split("=")[1])
+    stats = sampler.statistics()
+    assert stats["sampler/bytes_received"] >= sum(getattr(remote, f).numel() * 4 for f in FIELDS)
+    assert stats["sampler/actor_restarts"] == 0
+
+
+def test_a_batched_physics_family_gives_the_same_episodes_on_ray():
+    config = load_config(
+        "experiments/halfcheetah_vel_quick.yaml",
+        ["env.horizon=10", "inner.episodes_per_task=2", "policy.hidden_sizes=[8]", "env.workers=2"],
+    )
+    (local, _, _), (remote, _, _) = sample_both(config, tasks_count=3)
+    assert_identical(local, remote)
+
+
+def test_training_on_ray_logs_the_local_backend_s_metrics(tmp_path):
+    runs, evaluations = {}, {}
+    for backend in ("local", "ray"):
+        config = load_config(
+            "experiments/smoke.yaml",
+            [f"env.backend={backend}", "env.workers=2", f"train.logdir={tmp_path}", f"train.run_name={backend}"],
+        )
+        run = metarl.train(config, progress=False)
+        runs[backend] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        metarl.evaluate(run)  # on the run's backend: Ray actors for the Ray run
+        evaluations[backend] = json.loads((run / "eval" / "eval.json").read_text())
+    assert evaluations["local"]["per_task"] == evaluations["ray"]["per_task"]
+    assert len(runs["ray"]) == 3
+    for local, remote in zip(runs["local"], runs["ray"], strict=True):
+        assert remote["sampler/actor_restarts"] == 0 and remote["sampler/bytes_sent"] > 0
+        same = {k: v for k, v in local.items() if not k.startswith(("time/", "sampler/"))}
+        assert same == {k: remote[k] for k in same}
+
+
+class DiesOnResets(gym.Env):
+    """A 2-D task distribution whose process exits (``os._exit``) on the resets numbered
+    ``die_from <= n < die_until``, counted across processes in the file `counter`; or, with `fault`,
+    hangs (``"hang"``) or observes NaN (``"nan"``) there."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = spaces.Box(-1, 1, (2,), np.float32)
+
+    def __init__(self, counter: str, die_from: int, die_until: int, fault: str = "exit") -> None:
+        self.counter, self.die_from, self.die_until, self.fault = counter, die_from, die_until, fault
+        self.task, self._position = 0.0, np.zeros(2, np.float32)
+
+    def sample_tasks(self, n, rng):
+        return [float(x) for x in rng.uniform(-1, 1, n)]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        with open(self.counter, "a+") as file:
+            fcntl.flock(file, fcntl.LOCK_EX)
+            file.seek(0)
+            count = len(file.read())
+            file.write(".")
+        self._position = self.np_random.normal(size=2).astype(np.float32)
+        if self.die_from <= count < self.die_until:
+            if self.fault == "exit":
+                os._exit(1)
+            if self.fault == "hang":
+                time.sleep(600)
+            self._position[:] = np.nan
+        return self._position.copy(), {}
+
+    def step(self, action):
+        self._position = self._position + np.clip(action, -1, 1).astype(np.float32)
+        return self._position.copy(), -float(abs(self._position[0] - self.task)), False, False, {}
+
+
+def dying_config(tmp_path, die_from, die_until, *settings, fault="exit"):
+    kwargs = {"counter": str(tmp_path / "resets"), "die_from": die_from, "die_until": die_until, "fault": fault}
+    return load_config(
+        "experiments/smoke.yaml",
+        [
+            "env.id=tests.test_ray:DiesOnResets",
+            "env.horizon=5",
+            f"env.kwargs={json.dumps(kwargs)}",
+            "env.backend=ray",
+            f"train.logdir={tmp_path}",
+            *settings,
+        ],
+    )
+
+
+def test_an_actor_that_dies_mid_call_is_recreated_and_its_tasks_sampled_again(tmp_path, caplog):
+    config = dying_config(tmp_path, 0, 1, "env.workers=2")  # the very first reset kills its actor
+    # Ray first: the local sampler's resets come after the fatal one
+    (local, local_rng, _), (remote, remote_rng, sampler) = sample_both(config, order=("ray", "local"))
+    assert sampler.actor_restarts == 1
+    assert_identical(local, remote)  # the episodes of a call without the fault
+    assert torch.equal(local_rng, remote_rng)
+    assert any("died" in r.message and "re-created it and sampled its tasks" in r.message for r in caplog.records)
+
+
+def test_an_actor_that_keeps_dying_stops_the_run_with_last_pt_and_resume_continues(tmp_path):
+    # One actor, 12 copies per call, 2 calls per iteration: resets 0-23 are iteration 1; reset 30 (in
+    # iteration 2) kills the actor, and so do the first resets of its 3 re-creations (31-33).
+    config = dying_config(tmp_path, 30, 34, "env.workers=1", "train.checkpoint_every=1", "train.run_name=r")
+    with pytest.raises(WorkerError, match=r"Ray actor 0 \(pid \d+ on node .*\) died .*4 times on the same tasks"):
+        metarl.train(config, progress=False)
+    run = Path(tmp_path) / "r"
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 1
+    metarl.resume(run, trust_modules=["tests.test_ray"])
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3]
+
+
+def test_an_actor_that_hangs_is_an_error_within_the_timeout(tmp_path):
+    config = dying_config(tmp_path, 0, 1, "env.workers=1", "env.worker_timeout=3", fault="hang")
+    sampler = make_sampler(config)
+    try:
+        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
+        tasks = sample_tasks(sampler.env, 2, np.random.default_rng(0))
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match=r"Ray actor 0 \(pid \d+ .*\) did not return its episodes within 3 s"):
+            sampler.sample(policy, parameters_of(policy), tasks)
+        assert time.monotonic() - start < 60  # actor start-up (a few seconds) + the timeout, not the hang
+    finally:
+        sampler.close()
+
+
+def test_an_environment_error_in_an_actor_is_the_local_one_line_error(tmp_path):
+    config = dying_config(tmp_path, 0, 1, "env.workers=1", fault="nan")
+    sampler = make_sampler(config)
+    try:
+        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
+        tasks = sample_tasks(sampler.env, 2, np.random.default_rng(0))
+        with pytest.raises(NonFiniteError, match=r"the environment returned non-finite observations \(copy 0, task"):
+            sampler.sample(policy, parameters_of(policy), tasks)
+    finally:
+        sampler.close()
+
+
+def test_the_sampler_refuses_a_cluster_it_cannot_reach_in_seconds():
+    config = load_config("experiments/smoke.yaml", ["env.backend=ray", "env.ray_address=127.0.0.1:1"])
+    with pytest.raises(WorkerError, match="could not connect to the Ray cluster at '127.0.0.1:1'.*ray start --head"):
+        RaySampler.from_config(config)
+
+
+def test_more_actors_than_the_cluster_has_cpus_are_refused():
+    with pytest.raises(ConfigError, match=r"env.workers=3 Ray actors need a CPU each, but .* has 2: set env.workers"):
+        RaySampler.from_config(load_config("experiments/smoke.yaml", ["env.backend=ray", "env.workers=3"]))
+
+
+def test_a_stored_ray_address_is_never_used():
+    data = load_config("experiments/smoke.yaml", ["env.backend=ray", "env.ray_address=evil.example:6379"]).to_dict()
+    assert metarl.config.stored_config(data).env.ray_address is None
+    assert metarl.config.stored_config(data, ["env.ray_address=head:6379"]).env.ray_address == "head:6379"
+
+
+def test_local_sampler_is_the_default():
+    sampler = make_sampler(load_config("experiments/smoke.yaml"))
+    try:
+        assert type(sampler) is Sampler and sampler.statistics() == {}
+    finally:
+        sampler.close()
+
+
+def test_the_benchmark_compares_the_backends_and_the_estimate_scales_them(tmp_path):
+    # The script's child processes join this module's Ray instance rather than start their own.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    out = tmp_path / "backends.json"
+
+    def run(script, *args):
+        command = [sys.executable, str(ROOT / "scripts" / script), *args]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    stdout = run(
+        "benchmark.py", str(ROOT / "experiments" / "smoke.yaml"), "--backends", "--iterations", "3", "--out", str(out)
+    )
+    result = json.loads(out.read_text())
+    assert result["backends"]["ray"]["median"]["env_steps"] == result["backends"]["local"]["median"]["env_steps"] == 480
+    assert result["ray_per_iteration"]["bytes_received"] >= 480 * (2 + 2 + 1 + 1 + 1) * 4  # obs, actions, ...
+    assert result["ray_per_iteration"]["bytes_sent"] > 0 and result["ray_over_local"] > 0
+    assert "ray / local" in stdout
+    estimate = run("scaling_estimate.py", str(out), "--nodes", "1", "2", "--out", str(tmp_path / "scaling.json"))
+    rows = json.loads((tmp_path / "scaling.json").read_text())[0]["estimates"]
+    assert [r["actors"] for r in rows] == [2, 4]
+    assert rows[1]["sampling_s"] < rows[0]["sampling_s"]  # 3 tasks: 2 per actor on 2 actors, 1 on 4
+    assert "| experiments" in estimate or "smoke.yaml" in estimate
