@@ -161,15 +161,10 @@ class RaySampler(Sampler):
         self.overhead_s = 0.0  # a call's wall time beyond its slowest actor's own time, summed
 
     @classmethod
-    def config_arguments(
-        cls,
-        config: Config,
-        episodes_per_task: int | None = None,
-        seed: int | None = None,
-        batch_unit: str | None = None,
-    ) -> dict[str, Any]:
-        """The local sampler's arguments, and the actors (``env.workers``) and cluster (``env.ray_address``)."""
-        arguments = super().config_arguments(config, episodes_per_task, seed, batch_unit)
+    def config_arguments(cls, config: Config, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The local sampler's arguments (`Sampler.config_arguments`), and the actors
+        (``env.workers``) and cluster (``env.ray_address``)."""
+        arguments = super().config_arguments(config, *args, **kwargs)
         return {**arguments, "actors": config.env.workers, "address": config.env.ray_address}
 
     def statistics(self) -> dict[str, float]:
