@@ -23,11 +23,6 @@ from typing import TYPE_CHECKING, Any
 # 3.5x slower each instead of 2x, and a single run is as fast either way (README, "Speed").
 # OpenMP reads this once, when torch is first imported; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# With sleeping threads, MKL's dynamic threading (on by default) picks how many threads a matrix
-# product or least-squares solve gets at run time, so the last bits of a run's numbers (and then its
-# trajectory) varied from run to run: AntVel's linear-baseline fit (214 features) differed in one
-# run of two. A fixed thread count keeps a seeded run bit-identical.
-os.environ.setdefault("MKL_DYNAMIC", "FALSE")
 
 __version__ = "0.1.0"
 

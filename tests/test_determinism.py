@@ -6,9 +6,6 @@ Sums split into one chunk per thread (conjugate gradient's dot products, reducti
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +74,3 @@ def test_evaluation_gives_the_same_digits_in_any_process_state(runs, tmp_path):
         torch.set_num_threads(threads)
         results.append(evaluate(runs[1], out_dir=tmp_path / f"eval_{threads}").returns["maml"])
     np.testing.assert_array_equal(results[0], results[1])
-
-
-def test_importing_metarl_fixes_the_thread_settings_that_move_the_last_bits():
-    # Sleeping OpenMP threads with MKL's dynamic threading gave AntVel's baseline fit other last bits
-    # in one run of two; metarl fixes MKL's thread count (a value the user set wins).
-    code = "import os, metarl; print(os.environ['OMP_WAIT_POLICY'], os.environ['MKL_DYNAMIC'])"
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "MKL_DYNAMIC")}
-    default = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert default.stdout.split() == ["PASSIVE", "FALSE"]
-    mine = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, "MKL_DYNAMIC": "TRUE"}, check=True
-    )
-    assert mine.stdout.split() == ["PASSIVE", "TRUE"]
