@@ -42,10 +42,10 @@ from metarl.errors import ConfigError, MetarlError, WorkerError
 from metarl.functional import Params
 from metarl.sampler import AllCopiesNoise, Sampler
 from metarl.threads import available_cpus, torch_threads
+from metarl.workers import contiguous_slices
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("local", "ray")
 # Times in a row an actor may die on one slice of a call before the run stops.
 MAX_RESTARTS = 3
 _FIELDS = ("observations", "actions", "rewards", "mask", "log_probs")
@@ -153,8 +153,8 @@ class RaySampler(Sampler):
                     f"set env.workers to at most {cpus}, or add nodes (ray start --address HEAD:6379)"
                 ]
             )
-        self._actors: list[Any] = []
-        self._where: list[Any] = []  # per actor: (node id, address, pid), or the call that answers it
+        self._actors: list[Any] = [None] * self.num_actors  # created on first use
+        self._where: list[Any] = [None] * self.num_actors  # (node id, address, pid), or the call answering it
         self._policies: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
         self.actor_restarts = 0
         self.bytes_sent = self.bytes_received = 0
@@ -190,7 +190,8 @@ class RaySampler(Sampler):
         params_ref = ray.put(arrays)
         policy_ref = self._policy_ref(policy)
         calls = {}
-        for index, (first, stop) in enumerate(_slices(num_tasks, self.num_actors)):
+        # Whole tasks per actor; with fewer tasks than actors, the last actors stay idle.
+        for index, (first, stop) in enumerate(contiguous_slices(num_tasks, min(self.num_actors, num_tasks))):
             inline = (first, list(tasks[first:stop]), seed, rng_state, num_tasks)  # sent with each call
             self.bytes_sent += len(pickle.dumps(inline))
             calls[index] = (policy_ref, params_ref, shared, *inline)
@@ -217,17 +218,6 @@ class RaySampler(Sampler):
             self._policies[policy] = _import_ray().put(module)
         return self._policies[policy]
 
-    def _actor(self, index: int) -> Any:
-        while len(self._actors) <= index:
-            self._actors.append(None)
-            self._where.append(None)
-        if self._actors[index] is None:
-            ray = _import_ray()
-            remote = ray.remote(num_cpus=1, max_restarts=0)(SamplerActor)
-            self._actors[index] = remote.options(scheduling_strategy="SPREAD").remote(self._actor_kwargs)
-            self._where[index] = None
-        return self._actors[index]
-
     def describe_actor(self, index: int) -> str:
         """``Ray actor i (pid … on node …)``, as far as the actor told before it failed."""
         where = self._resolve_where(index)
@@ -237,7 +227,7 @@ class RaySampler(Sampler):
         return f"Ray actor {index} (pid {pid} on node {address}, {node_id[:8]})"
 
     def _resolve_where(self, index: int) -> tuple[str, str, int] | None:
-        where = self._where[index] if index < len(self._where) else None
+        where = self._where[index]
         if where is not None and not isinstance(where, tuple):  # still the actor's answer to come
             try:
                 where = self._where[index] = _import_ray().get(where, timeout=5)
@@ -247,7 +237,7 @@ class RaySampler(Sampler):
 
     def actor_nodes(self) -> list[str]:
         """The node id of every actor (after a first call)."""
-        return [where[0] for where in map(self._resolve_where, range(len(self._where))) if where is not None]
+        return [where[0] for where in map(self._resolve_where, range(self.num_actors)) if where is not None]
 
     def _run(self, calls: Mapping[int, tuple[Any, ...]]) -> list[Any]:
         """Every actor's result for its call; a dead actor is re-created and its call run again."""
@@ -299,10 +289,12 @@ class RaySampler(Sampler):
         return [results[index] for index in sorted(results)]
 
     def _submit(self, index: int, call: tuple[Any, ...]) -> Any:
-        actor = self._actor(index)
-        if self._where[index] is None:
-            self._where[index] = actor.where.remote()  # answered before the call: actors run in order
-        return actor.run.remote(*call)
+        """Run `call` on actor `index`, creating the actor first if it is not there (or died)."""
+        if self._actors[index] is None:
+            remote = _import_ray().remote(num_cpus=1, max_restarts=0)(SamplerActor)
+            self._actors[index] = remote.options(scheduling_strategy="SPREAD").remote(self._actor_kwargs)
+            self._where[index] = self._actors[index].where.remote()  # answered first: actors run in order
+        return self._actors[index].run.remote(*call)
 
     def close_actors(self) -> None:
         """Stop the actors (they are created again on the next call)."""
@@ -310,20 +302,12 @@ class RaySampler(Sampler):
         for actor in self._actors:
             if actor is not None and ray.is_initialized():
                 ray.kill(actor)
-        self._actors.clear()
-        self._where.clear()
+        self._actors = [None] * self.num_actors
+        self._where = [None] * self.num_actors
 
     def close(self) -> None:
         self.close_actors()
         super().close()
-
-
-def _slices(num_tasks: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous slices of whole tasks, as even as possible, at most `parts` of them."""
-    parts = max(1, min(parts, num_tasks))
-    sizes = [num_tasks // parts + (i < num_tasks % parts) for i in range(parts)]
-    bounds = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def _check_reachable(address: str) -> None:

@@ -85,9 +85,7 @@ class WorkerVectorEnv(VectorEnv):
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         self.num_envs, self.num_workers, self.timeout = num_envs, num_workers, timeout
-        sizes = [num_envs // num_workers + (i < num_envs % num_workers) for i in range(num_workers)]
-        starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-        self.slices: tuple[tuple[int, int], ...] = tuple(zip(starts[:-1], starts[1:], strict=True))
+        self.slices: tuple[tuple[int, int], ...] = contiguous_slices(num_envs, num_workers)
         self.metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
         self.render_mode = None
         self.closed = False
@@ -356,6 +354,13 @@ class WorkerVectorEnv(VectorEnv):
                 return f"was killed by signal {signal.Signals(-code).name}"
             return f"was killed by signal {-code}"
         return f"exited with code {code}"
+
+
+def contiguous_slices(count: int, parts: int) -> tuple[tuple[int, int], ...]:
+    """``(start, stop)`` of `parts` contiguous slices of ``range(count)``, sizes differing by at most one."""
+    sizes = [count // parts + (i < count % parts) for i in range(parts)]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    return tuple(zip(starts[:-1], starts[1:], strict=True))
 
 
 @contextlib.contextmanager
