@@ -8,8 +8,10 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -194,6 +196,31 @@ def test_an_actor_that_keeps_dying_stops_the_run_with_last_pt_and_resume_continu
     metarl.resume(run, trust_modules=["tests.test_ray"])
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["iteration"] for line in lines] == [1, 2, 3]
+
+
+def test_ctrl_c_while_waiting_for_actors_stops_them_and_keeps_last_pt(tmp_path):
+    # Reset 30 (iteration 2) hangs in its actor; SIGINT reaches the training process while it waits.
+    config = dying_config(
+        tmp_path, 30, 31, "env.workers=1", "env.worker_timeout=120", "train.run_name=r", fault="hang"
+    )
+    counter = Path(tmp_path) / "resets"
+
+    def interrupt_when_hanging():
+        while not counter.exists() or len(counter.read_text()) <= 30:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_when_hanging, daemon=True).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        metarl.train(config, progress=False)
+    assert time.monotonic() - start < 60  # not the 120 s timeout: Ctrl-C interrupts the wait
+    assert torch.load(Path(tmp_path) / "r" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 1
+    deadline = time.monotonic() + 20  # the hanging actor is killed: its CPU returns to the cluster
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2
 
 
 def test_an_actor_that_hangs_is_an_error_within_the_timeout(tmp_path):
