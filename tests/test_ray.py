@@ -200,9 +200,7 @@ def test_an_actor_that_keeps_dying_stops_the_run_with_last_pt_and_resume_continu
 
 def test_ctrl_c_while_waiting_for_actors_stops_them_and_keeps_last_pt(tmp_path):
     # Reset 30 (iteration 2) hangs in its actor; SIGINT reaches the training process while it waits.
-    config = dying_config(
-        tmp_path, 30, 31, "env.workers=1", "env.worker_timeout=120", "train.run_name=r", fault="hang"
-    )
+    config = dying_config(tmp_path, 30, 31, "env.workers=1", "env.worker_timeout=120", "train.run_name=r", fault="hang")
     counter = Path(tmp_path) / "resets"
 
     def interrupt_when_hanging():
