@@ -115,6 +115,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         args.video,
         trust_modules=list(args.trust_module or []),
         checkpoint=args.checkpoint,
+        overrides=args.set or [],
     )
     _print_result(result)
     return 0
@@ -324,6 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--adapt-steps", type=int, help="adaptation steps K (default: config, 3)")
     evaluate.add_argument("--episodes", type=int, help="episodes per task per step (default: config)")
     evaluate.add_argument("--seed", type=int, help="seed of the sampling noise (default: config)")
+    evaluate.add_argument(
+        "--set",
+        action="append",
+        metavar="evaluation.KEY=VALUE",
+        help="override a setting of the evaluation protocol, e.g. --set evaluation.lr=0.5 --set "
+        "evaluation.later_lr_scale=0.3 (repeatable; only evaluation.*: the rest belongs to the trained policy)",
+    )
     evaluate.add_argument(
         "--split",
         choices=["test", "ood", "train"],

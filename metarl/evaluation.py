@@ -448,6 +448,7 @@ def evaluate(
     videos: int = 0,
     trust_modules: Collection[str] = (),
     checkpoint: str = "newest",
+    overrides: Sequence[str] = (),
 ) -> EvaluationResult:
     """Evaluate the meta-policy of a run directory or checkpoint on unseen tasks.
 
@@ -471,11 +472,22 @@ def evaluate(
     may import (see `load`); a registered Gymnasium id needs none.
     ``checkpoint``: for a run directory, its ``newest`` checkpoint or its ``best`` (``best.pt``: the
     θ with the highest post-adaptation return on training tasks).
+    ``overrides``: ``evaluation.KEY=VALUE`` settings of the protocol, e.g.
+    ``evaluation.later_lr_scale=0.3`` (only ``evaluation.*``: the rest is the trained policy's).
     Unset arguments take the run's ``evaluation`` config. Results are written to `out_dir`
     (default: ``<run dir>/eval``, or ``eval_ood``).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    foreign = [o for o in overrides if not o.partition("=")[0].strip().startswith("evaluation.")]
+    if foreign:
+        raise ConfigError(
+            [
+                f"'{o.partition('=')[0].strip()}' cannot be set when evaluating (it is part of the trained policy); "
+                "only evaluation.* settings, e.g. evaluation.later_lr_scale=0.3"
+                for o in foreign
+            ]
+        )
     given_tasks = _read_tasks(tasks_file) if tasks_file is not None else None
     if given_tasks is not None:
         num_tasks, split = len(given_tasks), "file"
@@ -499,7 +511,7 @@ def evaluate(
     if unknown_lrs:
         raise ConfigError([f"--baseline-lr names {', '.join(unknown_lrs)}, which is not a method of this evaluation"])
     checkpoint = meta_policy.checkpoint
-    overrides = {
+    given = {
         "num_tasks": num_tasks,
         "adapt_steps": adapt_steps,
         "episodes_per_task": episodes_per_task,
@@ -508,7 +520,7 @@ def evaluate(
     }
     config = config_from_dict(
         meta_policy.config.to_dict(),
-        [f"evaluation.{k}={v}" for k, v in overrides.items() if v is not None] + ["train.algo=maml"],
+        [*overrides, *(f"evaluation.{k}={v}" for k, v in given.items() if v is not None), "train.algo=maml"],
     )
     protocol = dataclasses.asdict(config.evaluation)
     protocol["lr"] = protocol["lr"] if protocol["lr"] is not None else config.inner.lr

@@ -59,12 +59,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from metarl.backends import RaySampler, make_sampler
 from metarl.config import Config, config_from_dict, load_config
 from metarl.functional import parameters_of
 from metarl.make import make_env
 from metarl.policies import make_policy
-from metarl.sampler import Sampler
 from metarl.tasks import TaskSplits
+from metarl.workers import contiguous_slices
 
 CORES = os.cpu_count() or 1
 # One curvature product of the trust region, computed these ways (`adaptation_curvature` arguments).
@@ -166,12 +167,13 @@ def env_step_rates(config: Config, steps: int) -> dict[str, float]:
     return {"env_step_1_process": one, "env_step_all_cores": sum(rates)}
 
 
-def sampler_rate(config_dict: dict[str, Any], workers: int) -> dict[str, float]:
+def sampler_rate(config_dict: dict[str, Any], workers: int, backend: str = "local") -> dict[str, float]:
     """Env steps/s of metarl's sampler collecting one meta-batch of the config (second call timed),
-    and the peak memory of the process and its worker processes (run it in a fresh process)."""
+    and the peak memory of the process and its worker processes or Ray actors (run it in a fresh
+    process)."""
     config = config_from_dict(config_dict)
     torch.manual_seed(0)
-    sampler = Sampler.from_config(config_from_dict(config.to_dict(), [f"env.workers={workers}"]))
+    sampler = make_sampler(config_from_dict(config.to_dict(), [f"env.workers={workers}", f"env.backend={backend}"]))
     policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
     tasks = TaskSplits(sampler.env, 0, 1, 1).sample_train(config.outer.tasks_per_batch)
     params = parameters_of(policy)
@@ -180,8 +182,14 @@ def sampler_rate(config_dict: dict[str, Any], workers: int) -> dict[str, float]:
     episodes = sampler.sample(policy, params, tasks)
     elapsed = time.perf_counter() - start
     worker_pids = [pid for envs in sampler._vector_envs.values() for pid in getattr(envs, "worker_pids", ())]
+    if isinstance(sampler, RaySampler):  # actors on this machine (a local Ray instance)
+        worker_pids = [where[2] for where in map(sampler._resolve_where, range(sampler.num_actors)) if where]
     memory = {"peak_rss_mib": _peak_rss_mib(os.getpid()), "workers_peak_rss_mib": sum(map(_peak_rss_mib, worker_pids))}
-    copies = max(envs.num_envs for envs in sampler._vector_envs.values())
+    if isinstance(sampler, RaySampler):  # the actors' copies together, each at most max_copies
+        slices = contiguous_slices(len(tasks), workers)
+        copies = sum(min(n, sampler.max_copies or n) for n in ((b - a) * sampler.episodes_per_task for a, b in slices))
+    else:
+        copies = max(envs.num_envs for envs in sampler._vector_envs.values())
     sampler.close()
     return {
         "env_steps_per_s": episodes.num_steps / elapsed,
@@ -441,6 +449,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument(
+        "--with-ray",
+        action="store_true",
+        help="also time the sampler on Ray actors, one per core (a local Ray instance, or RAY_ADDRESS)",
+    )
+    parser.add_argument(
         "--side-by-side",
         action="store_true",
         help="measure only how runs share the machine: metarl train alone, then two at once",
@@ -481,6 +494,8 @@ def main() -> None:
     limits.update(env_step_rates(config, args.env_steps))
     profile = step_profile(config, args.env_steps)
     samplers = {f"{w}_workers": in_child_process(sampler_rate, config.to_dict(), w) for w in sorted({1, CORES})}
+    if args.with_ray:  # whole episodes per actor, no lockstep with the learner
+        samplers[f"ray_{CORES}_actors"] = in_child_process(sampler_rate, config.to_dict(), CORES, "ray")
     iteration = in_child_process(meta_iterations, config.to_dict(), args.iterations)
     matmuls = matmul_rates(config)
 
@@ -512,10 +527,13 @@ def main() -> None:
         f"{100 * profile['python_share']:.0f}% the environment's Python (observation, reward, bookkeeping)"
     )
     print("metarl sampler, one meta-batch (env steps/s, policy included; peak memory with its workers)")
+    all_cores = limits["env_step_all_cores"]
     for name, sample in samplers.items():
+        rate = sample["env_steps_per_s"]
         print(
-            f"  {name:<22} {sample['env_steps_per_s']:>12,.0f}   ({sample['env_steps']:,} steps, "
-            f"{sample['env_copies']} env copies, {sample['total_peak_rss_mib']:,.0f} MiB)"
+            f"  {name:<22} {rate:>12,.0f}   {rate / all_cores:.2f} x env.step on all cores "
+            f"({sample['env_steps']:,} steps, {sample['env_copies']} env copies, "
+            f"{sample['total_peak_rss_mib']:,.0f} MiB)"
         )
     print(
         f"meta-iteration (median of {max(args.iterations - 1, 1)}): {median['iteration_s']:.3f} s, "

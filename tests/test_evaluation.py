@@ -362,3 +362,19 @@ def test_evaluate_can_take_a_run_s_best_checkpoint(runs, tmp_path, capsys):
     assert main(["evaluate", str(runs["maml"]), "--checkpoint", "best", "--tasks", "2", "--out", str(tmp_path)]) == 0
     protocol = json.loads((tmp_path / "eval.json").read_text())["protocol"]
     assert protocol["checkpoint"].endswith("best.pt") and protocol["iteration"] == best["iteration"]
+
+
+def test_evaluation_settings_can_be_set_and_nothing_else(runs, tmp_path, capsys):
+    out = {}
+    for scale in ("0.5", "0.2"):
+        args = ["evaluate", str(runs["maml"]), "--tasks", "2", "--adapt-steps", "2", "--out", str(tmp_path / scale)]
+        assert main([*args, "--set", "evaluation.lr=0.3", "--set", f"evaluation.later_lr_scale={scale}"]) == 0
+        out[scale] = json.loads((tmp_path / scale / "eval.json").read_text())
+        assert out[scale]["protocol"]["lr"] == 0.3 and out[scale]["protocol"]["later_lr_scale"] == float(scale)
+    assert "step size 0.3 then 0.06" in capsys.readouterr().out
+    first, second = (out[s]["summary"]["maml"] for s in ("0.5", "0.2"))
+    assert first[1] == second[1] and first[2] != second[2]  # only the later step's size changed
+    assert main(["evaluate", str(runs["maml"]), "--set", "inner.lr=9"]) == 2
+    assert "'inner.lr' cannot be set when evaluating" in capsys.readouterr().err
+    assert main(["evaluate", str(runs["maml"]), "--set", "evaluation.later_lr_scal=0.2"]) == 2
+    assert "later_lr_scal" in capsys.readouterr().err

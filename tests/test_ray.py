@@ -5,6 +5,7 @@ is in `test_ray_cluster.py`.
 """
 
 import fcntl
+import importlib.util
 import json
 import logging
 import os
@@ -296,3 +297,14 @@ def test_the_benchmark_compares_the_backends_and_the_estimate_scales_them(tmp_pa
     assert [r["actors"] for r in rows] == [2, 4]
     assert rows[1]["sampling_s"] < rows[0]["sampling_s"]  # 3 tasks: 2 per actor on 2 actors, 1 on 4
     assert "| experiments" in estimate or "smoke.yaml" in estimate
+
+
+def test_the_benchmark_times_the_sampler_on_ray_actors():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    config = load_config("experiments/smoke.yaml", ["env.max_copies=8"])
+    result = benchmark.sampler_rate(config.to_dict(), 2, "ray")
+    assert result["env_steps"] == 3 * 4 * 20  # the smoke config's tasks x episodes x horizon, one call
+    assert result["env_copies"] == 8 + 4  # 2 tasks (8 copies) on one actor, 1 task on the other
+    assert result["env_steps_per_s"] > 0 and result["workers_peak_rss_mib"] > 0  # the actors' memory
