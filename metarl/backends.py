@@ -17,7 +17,7 @@ noise on the CPU, so the episodes follow the same distribution but differ from a
 Faults: an actor that dies is re-created and its slice sampled again with the same seeds and noise,
 so the episodes are those of a call without the fault (logged, and counted as
 ``sampler/actor_restarts``); an actor that keeps dying, or a lost cluster, stops the run with a
-`WorkerError` (training saves ``last.pt`` and ``--resume`` continues).
+`WorkerError` within seconds (training saves ``last.pt`` and ``--resume`` continues).
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 # Times in a row an actor may die on one slice of a call before the run stops.
 MAX_RESTARTS = 3
+# Seconds between checks that the cluster's head still answers while actors sample.
+CLUSTER_CHECK_S = 2.0
 _FIELDS = ("observations", "actions", "rewards", "mask", "log_probs")
 
 
@@ -159,6 +161,7 @@ class RaySampler(Sampler):
         self.actor_restarts = 0
         self.bytes_sent = self.bytes_received = 0
         self.overhead_s = 0.0  # a call's wall time beyond its slowest actor's own time, summed
+        self._gcs_address: str | None = None
 
     @classmethod
     def config_arguments(cls, config: Config, *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -181,6 +184,7 @@ class RaySampler(Sampler):
             return super()._lockstep_episodes(policy, params, tasks)
         ray = _import_ray()
         start = time.perf_counter()
+        self.check_cluster()
         seed = int(self.rng.integers(2**31))
         rng_state = torch.get_rng_state()
         num_tasks = len(tasks)
@@ -248,18 +252,25 @@ class RaySampler(Sampler):
         deaths = dict.fromkeys(calls, 0)
         pending = {self._submit(index, call): index for index, call in calls.items()}
         try:
+            waited = 0.0  # since the last answer
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=self.worker_timeout)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=CLUSTER_CHECK_S)
                 if not ready:
-                    late = ", ".join(self.describe_actor(i) for i in sorted(pending.values()))
-                    raise WorkerError(
-                        f"{late} did not return its episodes within {self.worker_timeout:g} s (env.worker_timeout): "
-                        "the environment may hang, or needs longer: raise env.worker_timeout"
-                    )
+                    self.check_cluster()
+                    waited += CLUSTER_CHECK_S
+                    if self.worker_timeout is not None and waited >= self.worker_timeout:
+                        late = ", ".join(self.describe_actor(i) for i in sorted(pending.values()))
+                        raise WorkerError(
+                            f"{late} did not return its episodes within {self.worker_timeout:g} s "
+                            "(env.worker_timeout): the environment may hang, or needs longer: raise env.worker_timeout"
+                        )
+                    continue
+                waited = 0.0
                 index = pending.pop(ready[0])
                 try:
                     results[index] = ray.get(ready[0])
                 except exceptions.RayActorError as error:
+                    self.check_cluster()  # the actor died with its node or the whole cluster?
                     deaths[index] += 1
                     what = f"{self.describe_actor(index)} died ({_first_line(error)})"
                     if deaths[index] > MAX_RESTARTS:
@@ -287,6 +298,21 @@ class RaySampler(Sampler):
             self.close_actors()  # Ctrl-C or an error: the actors' answers are left unread
             raise
         return [results[index] for index in sorted(results)]
+
+    def check_cluster(self) -> None:
+        """Raise `WorkerError` if the cluster's head (its GCS) no longer answers: checked before each
+        call and every few seconds while waiting, so a lost cluster stops the run in seconds, not
+        after ``env.worker_timeout`` or Ray's own reconnection timeout (which exits the process)."""
+        if self._gcs_address is None:
+            self._gcs_address = _import_ray().get_runtime_context().gcs_address
+        host, _, port = self._gcs_address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=CLUSTER_CHECK_S).close()
+        except OSError as error:
+            raise WorkerError(
+                f"lost {self.cluster}: its head ({self._gcs_address}) no longer answers ({error.strerror or error}); "
+                "the run's last finished iteration is kept: restart the cluster, then resume"
+            ) from None
 
     def _submit(self, index: int, call: tuple[Any, ...]) -> Any:
         """Run `call` on actor `index`, creating the actor first if it is not there (or died)."""

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -233,6 +234,31 @@ def test_an_actor_that_hangs_is_an_error_within_the_timeout(tmp_path):
             sampler.sample(policy, parameters_of(policy), tasks)
         assert time.monotonic() - start < 60  # actor start-up (a few seconds) + the timeout, not the hang
     finally:
+        sampler.close()
+
+
+def test_a_lost_cluster_stops_sampling_within_seconds_naming_it(tmp_path):
+    # The actor hangs; while the learner waits, the cluster's head stops answering (its address
+    # now points where nothing listens): a WorkerError naming the cluster, long before the timeout.
+    config = dying_config(tmp_path, 0, 1, "env.workers=1", "env.worker_timeout=120", fault="hang")
+    sampler = make_sampler(config)
+    try:
+        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
+        tasks = sample_tasks(sampler.env, 2, np.random.default_rng(0))
+        sampler.check_cluster()  # the real head answers
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            gone = f"127.0.0.1:{closed.getsockname()[1]}"  # bound, not listening: connections are refused
+            threading.Timer(1.0, setattr, (sampler, "_gcs_address", gone)).start()
+            start = time.monotonic()
+            with pytest.raises(
+                WorkerError,
+                match=rf"lost the Ray instance this process is connected to: its head \({gone}\) no longer answers",
+            ):
+                sampler.sample(policy, parameters_of(policy), tasks)
+        assert time.monotonic() - start < 30  # actor start-up and a check every 2 s, not the 120 s timeout
+    finally:
+        sampler._gcs_address = None
         sampler.close()
 
 
