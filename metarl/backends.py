@@ -97,6 +97,15 @@ class SamplerActor:
         torch.set_num_threads(1)
         self.sampler = Sampler(**sampler_kwargs)
 
+    def overdue(self, limit: float) -> str | None:
+        """What the environments have been doing for longer than `limit` seconds (per copy while
+        building copies), or None. Answered from a second thread while `run` runs."""
+        if self.sampler.busy is None:
+            return None
+        what, since, copies = self.sampler.busy
+        seconds = time.monotonic() - since
+        return f"{what} for {seconds:.0f} s" if seconds > limit * copies else None
+
     def where(self) -> tuple[str, str, int]:
         """Node id, node address and process id: what a fault report names."""
         import ray
@@ -252,20 +261,12 @@ class RaySampler(Sampler):
         deaths = dict.fromkeys(calls, 0)
         pending = {self._submit(index, call): index for index, call in calls.items()}
         try:
-            waited = 0.0  # since the last answer
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=CLUSTER_CHECK_S)
                 if not ready:
                     self.check_cluster()
-                    waited += CLUSTER_CHECK_S
-                    if self.worker_timeout is not None and waited >= self.worker_timeout:
-                        late = ", ".join(self.describe_actor(i) for i in sorted(pending.values()))
-                        raise WorkerError(
-                            f"{late} did not return its episodes within {self.worker_timeout:g} s "
-                            "(env.worker_timeout): the environment may hang, or needs longer: raise env.worker_timeout"
-                        )
+                    self._check_progress(sorted(pending.values()))
                     continue
-                waited = 0.0
                 index = pending.pop(ready[0])
                 try:
                     results[index] = ray.get(ready[0])
@@ -299,6 +300,28 @@ class RaySampler(Sampler):
             raise
         return [results[index] for index in sorted(results)]
 
+    def _check_progress(self, indices: Sequence[int]) -> None:
+        """Raise `WorkerError` if an actor's environments have been stuck in one reset or step for
+        longer than ``env.worker_timeout`` (a whole call may take much longer)."""
+        if self.worker_timeout is None:
+            return
+        ray = _import_ray()
+        asked = {index: self._actors[index].overdue.remote(self.worker_timeout) for index in indices}
+        ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=CLUSTER_CHECK_S)
+        for index, ref in asked.items():
+            if ref not in ready:
+                continue  # still starting, or died: the call's own answer will say
+            try:
+                late = ray.get(ref)
+            except ray.exceptions.RayError:
+                continue
+            if late is not None:
+                raise WorkerError(
+                    f"{self.describe_actor(index)} has been {late} (env.worker_timeout: {self.worker_timeout:g} s"
+                    f"{' per copy' if late.startswith('building') else ''}): the environment may hang, or needs "
+                    "longer: raise env.worker_timeout"
+                )
+
     def check_cluster(self) -> None:
         """Raise `WorkerError` if the cluster's head (its GCS) no longer answers: checked before each
         call and every few seconds while waiting, so a lost cluster stops the run in seconds, not
@@ -317,7 +340,8 @@ class RaySampler(Sampler):
     def _submit(self, index: int, call: tuple[Any, ...]) -> Any:
         """Run `call` on actor `index`, creating the actor first if it is not there (or died)."""
         if self._actors[index] is None:
-            remote = _import_ray().remote(num_cpus=1, max_restarts=0)(SamplerActor)
+            # Two threads: `overdue` is answered while `run` runs.
+            remote = _import_ray().remote(num_cpus=1, max_restarts=0, max_concurrency=2)(SamplerActor)
             self._actors[index] = remote.options(scheduling_strategy="SPREAD").remote(self._actor_kwargs)
             self._where[index] = self._actors[index].where.remote()  # answered first: actors run in order
         return self._actors[index].run.remote(*call)

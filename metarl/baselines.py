@@ -27,7 +27,7 @@ def fit_linear_baseline(
     """Fit one linear value function per leading batch entry (per task) and return its predictions.
 
     Solves the ridge-regularised normal equations ``(XᵀX + λI) w = Xᵀy`` with
-    ``torch.linalg.lstsq`` over all steps of all episodes of a task.
+    ``torch.linalg.lstsq`` (QR) over all steps of all episodes of a task.
 
     Args:
         observations: ``[*batch, E, T, obs_dim]`` with ``batch_dims`` leading batch dimensions.
@@ -44,7 +44,9 @@ def fit_linear_baseline(
     y = (returns * mask).reshape(*batch_shape, -1, 1).double()
     xtx = x.transpose(-1, -2) @ x
     eye = torch.eye(xtx.shape[-1], dtype=xtx.dtype, device=xtx.device)
-    weights = torch.linalg.lstsq(xtx + ridge * eye, x.transpose(-1, -2) @ y).solution
+    # QR ("gels"): the same bits in every process. The CPU default ("gelsy") depends on memory
+    # alignment, so identical runs drifted apart where the fit is ill-conditioned (AntVel).
+    weights = torch.linalg.lstsq(xtx + ridge * eye, x.transpose(-1, -2) @ y, driver="gels").solution
     if not torch.isfinite(weights).all():
         raise FloatingPointError("linear baseline: the least-squares fit produced non-finite weights")
     values = (x @ weights).reshape(returns.shape)

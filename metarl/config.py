@@ -65,8 +65,8 @@ class EnvConfig:
     """``ray``: the cluster to connect to (``HOST:6379`` or ``auto``; default ``RAY_ADDRESS``, else a
     local instance with this machine's cores). Never read from a checkpoint or a resumed run's files."""
     worker_timeout: float | None = 60.0
-    """Seconds a worker process may take to answer (one step of its environments) before the run
-    stops with an error naming it; null waits as long as the worker lives."""
+    """Seconds a worker process or Ray actor may spend in one step (or reset) of its environments
+    before the run stops with an error naming it; null waits as long as the worker lives."""
     task_space: dict[str, Any] | None = None
     """Make any environment a task distribution without code: parameter name -> distribution and
     how it is applied (constructor kwarg, attribute, MuJoCo model field, reward goal); see

@@ -8,6 +8,7 @@ pre- and post-adaptation episodes of a whole meta-batch has no Python loop over 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -110,6 +111,9 @@ class Sampler:
         self.action_space = self.env.action_space
         self.max_copies = max_copies if max_copies is not None else self.env.metadata.get("max_copies")
         self._vector_envs: dict[int, VectorEnv] = {}
+        # What the environments are doing (what, since when, copies it is for), None between calls:
+        # a Ray actor reports it, so that a hang is told from a long call.
+        self.busy: tuple[str, float, int] | None = None
 
     @classmethod
     def from_config(
@@ -187,6 +191,7 @@ class Sampler:
             self.close_vector_envs()  # bounded memory: one vector env of at most max_copies copies at a time
         if num_tasks not in self._vector_envs:
             num_envs = num_tasks * self.episodes_per_task
+            self.busy = (f"building {num_envs} environment copies", time.monotonic(), num_envs)
             with environment_errors(f"creating {num_envs} copies of '{self.env_id}'"):
                 self._vector_envs[num_tasks] = make_vector_env(
                     self.env_id,
@@ -299,6 +304,7 @@ class Sampler:
             tasks = [*tasks, *[tasks[-1]] * (width - num_tasks)]
             params = {k: torch.cat([v, v[-1:].expand(width - num_tasks, *v.shape[1:])]) for k, v in params.items()}
         envs = self._vector_env(width)
+        self.busy = ("resetting", time.monotonic(), 1)
         if tasks is not None:
             with environment_errors("setting tasks"):
                 set_tasks(envs, [task for task in tasks for _ in range(num_episodes)])
@@ -325,6 +331,7 @@ class Sampler:
             steps["mask"].append(torch.as_tensor(alive, dtype=torch.float32).reshape(width, num_episodes))
 
             flat = action.reshape(envs.num_envs, *action.shape[2:]).cpu().numpy()
+            self.busy = ("stepping", time.monotonic(), 1)
             with environment_errors("stepping"):
                 obs, reward, terminated, truncated, info = envs.step(
                     env_actions(flat, self.action_space, self.action_scaling, self.action_bound)
@@ -336,6 +343,7 @@ class Sampler:
             alive &= ~(terminated | truncated)
             if not alive.any():
                 break
+        self.busy = None
 
         tensors = {k: torch.stack(v, dim=2).to(self.device)[:num_tasks] for k, v in steps.items()}
         metrics = {

@@ -129,7 +129,7 @@ def test_training_on_ray_logs_the_local_backend_s_metrics(tmp_path):
 class DiesOnResets(gym.Env):
     """A 2-D task distribution whose process exits (``os._exit``) on the resets numbered
     ``die_from <= n < die_until``, counted across processes in the file `counter`; or, with `fault`,
-    hangs (``"hang"``) or observes NaN (``"nan"``) there."""
+    hangs (``"hang"``) or observes NaN (``"nan"``) there; ``"slow"`` takes 0.4 s per step."""
 
     observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
     action_space = spaces.Box(-1, 1, (2,), np.float32)
@@ -158,6 +158,8 @@ class DiesOnResets(gym.Env):
         return self._position.copy(), {}
 
     def step(self, action):
+        if self.fault == "slow":
+            time.sleep(0.4)
         self._position = self._position + np.clip(action, -1, 1).astype(np.float32)
         return self._position.copy(), -float(abs(self._position[0] - self.task)), False, False, {}
 
@@ -230,9 +232,27 @@ def test_an_actor_that_hangs_is_an_error_within_the_timeout(tmp_path):
         policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
         tasks = sample_tasks(sampler.env, 2, np.random.default_rng(0))
         start = time.monotonic()
-        with pytest.raises(WorkerError, match=r"Ray actor 0 \(pid \d+ .*\) did not return its episodes within 3 s"):
+        with pytest.raises(
+            WorkerError, match=r"Ray actor 0 \(pid \d+ .*\) has been resetting for \d+ s \(env.worker_timeout: 3 s\)"
+        ):
             sampler.sample(policy, parameters_of(policy), tasks)
         assert time.monotonic() - start < 60  # actor start-up (a few seconds) + the timeout, not the hang
+    finally:
+        sampler.close()
+
+
+def test_a_call_longer_than_the_timeout_is_fine_while_its_environments_step(tmp_path):
+    # 2 copies at 0.4 s per step, 8 steps: the call takes ~6.4 s, each step 0.8 s (timeout: 2 s).
+    settings = "env.workers=1", "env.worker_timeout=2", "env.horizon=8", "inner.episodes_per_task=1"
+    config = dying_config(tmp_path, -1, -1, *settings, fault="slow")
+    sampler = make_sampler(config)
+    try:
+        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
+        tasks = sample_tasks(sampler.env, 2, np.random.default_rng(0))
+        start = time.monotonic()
+        episodes = sampler.sample(policy, parameters_of(policy), tasks)
+        assert time.monotonic() - start > 6  # checked for progress at least twice on the way
+        assert episodes.rewards.shape[:3] == (2, 1, 8)
     finally:
         sampler.close()
 
