@@ -4,6 +4,7 @@ One local Ray instance with 2 CPUs serves the whole module (`ray_instance`); the
 is in `test_ray_cluster.py`.
 """
 
+import contextlib
 import fcntl
 import importlib.util
 import json
@@ -164,6 +165,17 @@ class DiesOnResets(gym.Env):
         return self._position.copy(), -float(abs(self._position[0] - self.task)), False, False, {}
 
 
+@contextlib.contextmanager
+def sampler_and_tasks(config):
+    """The config's sampler with a policy and 2 tasks; its actors are stopped afterwards."""
+    sampler = make_sampler(config)
+    try:
+        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
+        yield sampler, policy, sample_tasks(sampler.env, 2, np.random.default_rng(0))
+    finally:
+        sampler.close()
+
+
 def dying_config(tmp_path, die_from, die_until, *settings, fault="exit"):
     kwargs = {"counter": str(tmp_path / "resets"), "die_from": die_from, "die_until": die_until, "fault": fault}
     return load_config(
@@ -227,44 +239,31 @@ def test_ctrl_c_while_waiting_for_actors_stops_them_and_keeps_last_pt(tmp_path):
 
 def test_an_actor_that_hangs_is_an_error_within_the_timeout(tmp_path):
     config = dying_config(tmp_path, 0, 1, "env.workers=1", "env.worker_timeout=3", fault="hang")
-    sampler = make_sampler(config)
-    try:
-        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
-        tasks = sample_tasks(sampler.env, 2, np.random.default_rng(0))
+    with sampler_and_tasks(config) as (sampler, policy, tasks):
         start = time.monotonic()
         with pytest.raises(
             WorkerError, match=r"Ray actor 0 \(pid \d+ .*\) has been resetting for \d+ s \(env.worker_timeout: 3 s\)"
         ):
             sampler.sample(policy, parameters_of(policy), tasks)
         assert time.monotonic() - start < 60  # actor start-up (a few seconds) + the timeout, not the hang
-    finally:
-        sampler.close()
 
 
 def test_a_call_longer_than_the_timeout_is_fine_while_its_environments_step(tmp_path):
     # 2 copies at 0.4 s per step, 8 steps: the call takes ~6.4 s, each step 0.8 s (timeout: 2 s).
     settings = "env.workers=1", "env.worker_timeout=2", "env.horizon=8", "inner.episodes_per_task=1"
     config = dying_config(tmp_path, -1, -1, *settings, fault="slow")
-    sampler = make_sampler(config)
-    try:
-        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
-        tasks = sample_tasks(sampler.env, 2, np.random.default_rng(0))
+    with sampler_and_tasks(config) as (sampler, policy, tasks):
         start = time.monotonic()
         episodes = sampler.sample(policy, parameters_of(policy), tasks)
         assert time.monotonic() - start > 6  # checked for progress at least twice on the way
         assert episodes.rewards.shape[:3] == (2, 1, 8)
-    finally:
-        sampler.close()
 
 
 def test_a_lost_cluster_stops_sampling_within_seconds_naming_it(tmp_path):
     # The actor hangs; while the learner waits, the cluster's head stops answering (its address
     # now points where nothing listens): a WorkerError naming the cluster, long before the timeout.
     config = dying_config(tmp_path, 0, 1, "env.workers=1", "env.worker_timeout=120", fault="hang")
-    sampler = make_sampler(config)
-    try:
-        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
-        tasks = sample_tasks(sampler.env, 2, np.random.default_rng(0))
+    with sampler_and_tasks(config) as (sampler, policy, tasks):
         sampler.check_cluster()  # the real head answers
         with socket.socket() as closed:
             closed.bind(("127.0.0.1", 0))
@@ -277,21 +276,13 @@ def test_a_lost_cluster_stops_sampling_within_seconds_naming_it(tmp_path):
             ):
                 sampler.sample(policy, parameters_of(policy), tasks)
         assert time.monotonic() - start < 30  # actor start-up and a check every 2 s, not the 120 s timeout
-    finally:
-        sampler._gcs_address = None
-        sampler.close()
 
 
 def test_an_environment_error_in_an_actor_is_the_local_one_line_error(tmp_path):
     config = dying_config(tmp_path, 0, 1, "env.workers=1", fault="nan")
-    sampler = make_sampler(config)
-    try:
-        policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
-        tasks = sample_tasks(sampler.env, 2, np.random.default_rng(0))
+    with sampler_and_tasks(config) as (sampler, policy, tasks):
         with pytest.raises(NonFiniteError, match=r"the environment returned non-finite observations \(copy 0, task"):
             sampler.sample(policy, parameters_of(policy), tasks)
-    finally:
-        sampler.close()
 
 
 def test_the_sampler_refuses_a_cluster_it_cannot_reach_in_seconds():
