@@ -21,7 +21,9 @@ from tests.test_ray import FIELDS, assert_identical, config_with, dying_config, 
 @pytest.fixture(scope="module")
 def cluster():
     """A head and two more nodes, one CPU each."""
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # Ray declares a node dead after missed health checks: every 0.5 s here, not every 3 s.
+    system_config = {"health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": system_config})
     try:
         for _ in range(2):
             cluster.add_node(num_cpus=1)
@@ -65,7 +67,7 @@ def test_a_node_that_dies_mid_call_is_reported_and_its_actor_recreated_elsewhere
             with caplog.at_level(logging.WARNING, logger="metarl.backends"):
                 episodes[backend] = sampler.sample(policy, parameters_of(policy), tasks)
             if backend == "ray":
-                assert time.monotonic() - start < 40  # reported and re-created in seconds
+                assert time.monotonic() - start < 30  # reported and re-created in seconds (6.5 s measured)
                 assert sampler.statistics()["sampler/actor_restarts"] == 1
                 assert nodes[victim] not in sampler.actor_nodes()
         finally:
