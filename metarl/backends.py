@@ -97,14 +97,15 @@ class SamplerActor:
         torch.set_num_threads(1)
         self.sampler = Sampler(**sampler_kwargs)
 
-    def overdue(self, limit: float) -> str | None:
-        """What the environments have been doing for longer than `limit` seconds (per copy while
-        building copies), or None. Answered from a second thread while `run` runs."""
+    def overdue(self, limit: float) -> tuple[str, float, float] | None:
+        """What the environments have been doing, for how long and how long that may take, if
+        longer than `limit` seconds (per copy while building copies); else None. Answered from a
+        second thread while `run` runs."""
         if self.sampler.busy is None:
             return None
         what, since, copies = self.sampler.busy
         seconds = time.monotonic() - since
-        return f"{what} for {seconds:.0f} s" if seconds > limit * copies else None
+        return (what, seconds, limit * copies) if seconds > limit * copies else None
 
     def where(self) -> tuple[str, str, int]:
         """Node id, node address and process id: what a fault report names."""
@@ -316,10 +317,10 @@ class RaySampler(Sampler):
             except ray.exceptions.RayError:
                 continue
             if late is not None:
+                what, seconds, allowed = late
                 raise WorkerError(
-                    f"{self.describe_actor(index)} has been {late} (env.worker_timeout: {self.worker_timeout:g} s"
-                    f"{' per copy' if late.startswith('building') else ''}): the environment may hang, or needs "
-                    "longer: raise env.worker_timeout"
+                    f"{self.describe_actor(index)} has been {what} for {seconds:.0f} s (env.worker_timeout allows "
+                    f"{allowed:g} s): the environment may hang, or needs longer: raise env.worker_timeout"
                 )
 
     def check_cluster(self) -> None:
@@ -329,13 +330,12 @@ class RaySampler(Sampler):
         if self._gcs_address is None:
             self._gcs_address = _import_ray().get_runtime_context().gcs_address
         host, _, port = self._gcs_address.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=CLUSTER_CHECK_S).close()
-        except OSError as error:
+        error = _connection_error(host, int(port), CLUSTER_CHECK_S)
+        if error is not None:
             raise WorkerError(
-                f"lost {self.cluster}: its head ({self._gcs_address}) no longer answers ({error.strerror or error}); "
+                f"lost {self.cluster}: its head ({self._gcs_address}) no longer answers ({error}); "
                 "the run's last finished iteration is kept: restart the cluster, then resume"
-            ) from None
+            )
 
     def _submit(self, index: int, call: tuple[Any, ...]) -> Any:
         """Run `call` on actor `index`, creating the actor first if it is not there (or died)."""
@@ -366,13 +366,21 @@ def _check_reachable(address: str) -> None:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError([f"env.ray_address must be HOST:PORT (e.g. 10.0.0.1:6379) or 'auto', got {address!r}"])
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as error:
+    error = _connection_error(host, int(port), 5)
+    if error is not None:
         raise WorkerError(
-            f"could not connect to the Ray cluster at {address!r} ({error.strerror or error}): start one with "
+            f"could not connect to the Ray cluster at {address!r} ({error}): start one with "
             "'ray start --head', or leave env.ray_address and RAY_ADDRESS unset for a local instance"
-        ) from None
+        )
+
+
+def _connection_error(host: str, port: int, timeout: float) -> str | None:
+    """Why nothing accepts a TCP connection at ``host:port`` within `timeout` seconds, or None."""
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def _first_line(error: BaseException) -> str:

@@ -242,7 +242,8 @@ def test_an_actor_that_hangs_is_an_error_within_the_timeout(tmp_path):
     with sampler_and_tasks(config) as (sampler, policy, tasks):
         start = time.monotonic()
         with pytest.raises(
-            WorkerError, match=r"Ray actor 0 \(pid \d+ .*\) has been resetting for \d+ s \(env.worker_timeout: 3 s\)"
+            WorkerError,
+            match=r"Ray actor 0 \(pid \d+ .*\) has been resetting for \d+ s \(env.worker_timeout allows 3 s\)",
         ):
             sampler.sample(policy, parameters_of(policy), tasks)
         assert time.monotonic() - start < 60  # actor start-up (a few seconds) + the timeout, not the hang
