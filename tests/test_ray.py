@@ -70,7 +70,10 @@ def sample_both(config, tasks_count=5, per_task_params=False, seed=1, order=("lo
 
 
 def config_with(config, backend):
-    return metarl.config.config_from_dict(config.to_dict(), [f"env.backend={backend}"])
+    """`config` on `backend`; the local reference steps its environments in this process
+    (``env.workers=1``: the same episodes as with worker processes, `tests/test_workers.py`)."""
+    settings = [f"env.backend={backend}"] + (["env.workers=1"] if backend == "local" else [])
+    return metarl.config.config_from_dict(config.to_dict(), settings)
 
 
 def assert_identical(a, b):
@@ -110,10 +113,15 @@ def test_a_batched_physics_family_gives_the_same_episodes_on_ray():
 
 def test_training_on_ray_logs_the_local_backend_s_metrics(tmp_path):
     runs, evaluations = {}, {}
-    for backend in ("local", "ray"):
+    for backend, workers in (("local", 1), ("ray", 2)):  # in this process, and on two actors
         config = load_config(
             "experiments/smoke.yaml",
-            [f"env.backend={backend}", "env.workers=2", f"train.logdir={tmp_path}", f"train.run_name={backend}"],
+            [
+                f"env.backend={backend}",
+                f"env.workers={workers}",
+                f"train.logdir={tmp_path}",
+                f"train.run_name={backend}",
+            ],
         )
         run = metarl.train(config, progress=False)
         runs[backend] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -130,13 +138,14 @@ def test_training_on_ray_logs_the_local_backend_s_metrics(tmp_path):
 class DiesOnResets(gym.Env):
     """A 2-D task distribution whose process exits (``os._exit``) on the resets numbered
     ``die_from <= n < die_until``, counted across processes in the file `counter`; or, with `fault`,
-    hangs (``"hang"``) or observes NaN (``"nan"``) there; ``"slow"`` takes 0.4 s per step."""
+    hangs (``"hang"``) or observes NaN (``"nan"``) there; ``"slow"`` takes `delay` seconds per step."""
 
     observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
     action_space = spaces.Box(-1, 1, (2,), np.float32)
 
-    def __init__(self, counter: str, die_from: int, die_until: int, fault: str = "exit") -> None:
+    def __init__(self, counter: str, die_from: int, die_until: int, fault: str = "exit", delay: float = 0.4) -> None:
         self.counter, self.die_from, self.die_until, self.fault = counter, die_from, die_until, fault
+        self.delay = delay
         self.task, self._position = 0.0, np.zeros(2, np.float32)
 
     def sample_tasks(self, n, rng):
@@ -160,7 +169,7 @@ class DiesOnResets(gym.Env):
 
     def step(self, action):
         if self.fault == "slow":
-            time.sleep(0.4)
+            time.sleep(self.delay)
         self._position = self._position + np.clip(action, -1, 1).astype(np.float32)
         return self._position.copy(), -float(abs(self._position[0] - self.task)), False, False, {}
 
@@ -176,8 +185,9 @@ def sampler_and_tasks(config):
         sampler.close()
 
 
-def dying_config(tmp_path, die_from, die_until, *settings, fault="exit"):
+def dying_config(tmp_path, die_from, die_until, *settings, fault="exit", delay=0.4):
     kwargs = {"counter": str(tmp_path / "resets"), "die_from": die_from, "die_until": die_until, "fault": fault}
+    kwargs["delay"] = delay
     return load_config(
         "experiments/smoke.yaml",
         [
@@ -201,11 +211,13 @@ def test_an_actor_that_dies_mid_call_is_recreated_and_its_tasks_sampled_again(tm
     assert any("died" in r.message and "re-created it and sampled its tasks" in r.message for r in caplog.records)
 
 
-def test_an_actor_that_keeps_dying_stops_the_run_with_last_pt_and_resume_continues(tmp_path):
-    # One actor, 12 copies per call, 2 calls per iteration: resets 0-23 are iteration 1; reset 30 (in
-    # iteration 2) kills the actor, and so do the first resets of its 3 re-creations (31-33).
-    config = dying_config(tmp_path, 30, 34, "env.workers=1", "train.checkpoint_every=1", "train.run_name=r")
-    with pytest.raises(WorkerError, match=r"Ray actor 0 \(pid \d+ on node .*\) died .*4 times on the same tasks"):
+def test_an_actor_that_keeps_dying_stops_the_run_with_last_pt_and_resume_continues(tmp_path, monkeypatch):
+    # One re-creation allowed here (3 by default). One actor, 12 copies per call, 2 calls per
+    # iteration: resets 0-23 are iteration 1; reset 30 (in iteration 2) kills the actor, and so does
+    # the first reset of its re-creation (31).
+    monkeypatch.setattr(metarl.backends, "MAX_RESTARTS", 1)
+    config = dying_config(tmp_path, 30, 32, "env.workers=1", "train.checkpoint_every=1", "train.run_name=r")
+    with pytest.raises(WorkerError, match=r"Ray actor 0 \(pid \d+ on node .*\) died .*2 times on the same tasks"):
         metarl.train(config, progress=False)
     run = Path(tmp_path) / "r"
     assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 1
@@ -237,26 +249,29 @@ def test_ctrl_c_while_waiting_for_actors_stops_them_and_keeps_last_pt(tmp_path):
     assert ray.available_resources().get("CPU", 0) == 2
 
 
-def test_an_actor_that_hangs_is_an_error_within_the_timeout(tmp_path):
-    config = dying_config(tmp_path, 0, 1, "env.workers=1", "env.worker_timeout=3", fault="hang")
+def test_an_actor_that_hangs_is_an_error_within_the_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(metarl.backends, "CLUSTER_CHECK_S", 0.5)  # how often the learner asks (2 s by default)
+    config = dying_config(tmp_path, 0, 1, "env.workers=1", "env.worker_timeout=1", fault="hang")
     with sampler_and_tasks(config) as (sampler, policy, tasks):
         start = time.monotonic()
         with pytest.raises(
             WorkerError,
-            match=r"Ray actor 0 \(pid \d+ .*\) has been resetting for \d+ s \(env.worker_timeout allows 3 s\)",
+            match=r"Ray actor 0 \(pid \d+ .*\) has been resetting for \d+ s \(env.worker_timeout allows 1 s\)",
         ):
             sampler.sample(policy, parameters_of(policy), tasks)
         assert time.monotonic() - start < 60  # actor start-up (a few seconds) + the timeout, not the hang
 
 
-def test_a_call_longer_than_the_timeout_is_fine_while_its_environments_step(tmp_path):
-    # 2 copies at 0.4 s per step, 8 steps: the call takes ~6.4 s, each step 0.8 s (timeout: 2 s).
-    settings = "env.workers=1", "env.worker_timeout=2", "env.horizon=8", "inner.episodes_per_task=1"
-    config = dying_config(tmp_path, -1, -1, *settings, fault="slow")
+def test_a_call_longer_than_the_timeout_is_fine_while_its_environments_step(tmp_path, monkeypatch):
+    # 2 copies at 0.2 s per step, 8 steps: the call takes ~3.2 s, each step 0.4 s (timeout: 1 s),
+    # and the learner asks every 0.5 s.
+    monkeypatch.setattr(metarl.backends, "CLUSTER_CHECK_S", 0.5)
+    settings = "env.workers=1", "env.worker_timeout=1", "env.horizon=8", "inner.episodes_per_task=1"
+    config = dying_config(tmp_path, -1, -1, *settings, fault="slow", delay=0.2)
     with sampler_and_tasks(config) as (sampler, policy, tasks):
         start = time.monotonic()
         episodes = sampler.sample(policy, parameters_of(policy), tasks)
-        assert time.monotonic() - start > 6  # checked for progress at least twice on the way
+        assert time.monotonic() - start > 3  # checked for progress several times on the way
         assert episodes.rewards.shape[:3] == (2, 1, 8)
 
 
@@ -323,7 +338,7 @@ def test_the_benchmark_compares_the_backends_and_the_estimate_scales_them(tmp_pa
         return result.stdout
 
     stdout = run(
-        "benchmark.py", str(ROOT / "experiments" / "smoke.yaml"), "--backends", "--iterations", "3", "--out", str(out)
+        "benchmark.py", str(ROOT / "experiments" / "smoke.yaml"), "--backends", "--iterations", "2", "--out", str(out)
     )
     result = json.loads(out.read_text())
     assert result["backends"]["ray"]["median"]["env_steps"] == result["backends"]["local"]["median"]["env_steps"] == 480

@@ -45,13 +45,16 @@ def test_actors_on_two_nodes_give_the_local_backend_s_episodes(cluster):
 
 
 def test_a_node_that_dies_mid_call_is_reported_and_its_actor_recreated_elsewhere(cluster, tmp_path, caplog):
-    # Two actors, one task each at 0.4 s per step; while they sample their second call, the node
+    # Two actors, one task each at 0.2 s per step; while they sample their second call, the node
     # of one of them (not the head) is killed. The call's episodes are still the local backend's.
-    settings = "env.workers=2", "env.horizon=4", "inner.episodes_per_task=1", "env.worker_timeout=5"
-    config = dying_config(tmp_path, -1, -1, *settings, fault="slow")
+    settings = "env.workers=2", "env.horizon=6", "inner.episodes_per_task=1", "env.worker_timeout=5"
+    configs = {
+        "local": config_with(dying_config(tmp_path, -1, -1, *settings, fault="slow", delay=0.0), "local"),
+        "ray": config_with(dying_config(tmp_path, -1, -1, *settings, fault="slow", delay=0.2), "ray"),
+    }
     episodes = {}
-    for backend in ("local", "ray"):
-        sampler = make_sampler(config_with(config, backend))
+    for backend, config in configs.items():  # the delay changes nothing in the episodes
+        sampler = make_sampler(config)
         try:
             torch.manual_seed(0)
             policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
@@ -62,7 +65,7 @@ def test_a_node_that_dies_mid_call_is_reported_and_its_actor_recreated_elsewhere
                 nodes = sampler.actor_nodes()
                 victim = next(i for i, node in enumerate(nodes) if node != cluster.head_node.node_id)
                 node = next(n for n in cluster.list_all_nodes() if n.node_id == nodes[victim])
-                threading.Timer(0.8, cluster.remove_node, (node,), {"allow_graceful": False}).start()
+                threading.Timer(0.4, cluster.remove_node, (node,), {"allow_graceful": False}).start()
             start = time.monotonic()
             with caplog.at_level(logging.WARNING, logger="metarl.backends"):
                 episodes[backend] = sampler.sample(policy, parameters_of(policy), tasks)
