@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 from metarl.baselines import fit_linear_baseline
 from metarl.config import AdvantageConfig, Config
@@ -80,13 +81,17 @@ def magic_box(x: Tensor) -> Tensor:
     return torch.exp(x - x.detach())
 
 
-def inner_loss(policy: nn.Module, params: Params, episodes: Episodes, estimator: str = "reinforce") -> Tensor:
+def inner_loss(
+    policy: nn.Module, params: Params, episodes: Episodes, estimator: str = "reinforce", pi: Distribution | None = None
+) -> Tensor:
     """The inner objective to minimise, ``-mean_t surrogate_t · Â_t`` per task: shape ``[B]``.
 
     `episodes` are packed (`pack_steps`) with advantages; `estimator` picks the surrogate (module
-    docstring). All three have the same value of the gradient at the sampling parameters.
+    docstring). All three have the same value of the gradient at the sampling parameters. `pi`:
+    π_params on ``episodes.observations``, if already computed.
     """
-    log_probs = distribution(policy, params, episodes.observations).log_prob(episodes.actions)
+    pi = distribution(policy, params, episodes.observations) if pi is None else pi
+    log_probs = pi.log_prob(episodes.actions)
     if estimator == "reinforce":
         surrogate = log_probs
     elif estimator == "lvc":
@@ -188,9 +193,9 @@ class InnerLoop:
         """The learned step sizes, in the policy's parameter order (none for a single α)."""
         return list(self.lr.values()) if isinstance(self.lr, dict) else []
 
-    def loss(self, policy: nn.Module, params: Params, episodes: Episodes) -> Tensor:
+    def loss(self, policy: nn.Module, params: Params, episodes: Episodes, pi: Distribution | None = None) -> Tensor:
         """The inner objective per task ``[B]`` (`inner_loss`)."""
-        return inner_loss(policy, params, episodes, self.estimator)
+        return inner_loss(policy, params, episodes, self.estimator, pi)
 
     def step(
         self,
@@ -206,6 +211,13 @@ class InnerLoop:
         With ``create_graph=True`` the result is differentiable in `params` (and in a learned α).
         `lr` overrides the step size (evaluation's later, smaller steps).
         """
+        adapted, losses, _ = self._step(policy, params, episodes, create_graph=create_graph, lr=lr)
+        return adapted, losses
+
+    def _step(
+        self, policy: nn.Module, params: Params, episodes: Episodes, *, create_graph: bool, lr: StepSize | None = None
+    ) -> tuple[Params, Tensor, Distribution]:
+        """`step`, and π_params on the episodes' observations that its loss evaluated."""
         lr = self.lr if lr is None else lr
         # Called under no_grad, or with parameters that do not require grad: θ is a constant here.
         constant = not torch.is_grad_enabled()
@@ -215,9 +227,10 @@ class InnerLoop:
             params = {
                 n: p.detach().requires_grad_() if constant or not p.requires_grad else p for n, p in params.items()
             }
-            losses = self.loss(policy, params, episodes)
+            pi = distribution(policy, params, episodes.observations)
+            losses = self.loss(policy, params, episodes, pi)
             # Summing over tasks gives every task's slice of `params` the gradient of its own loss.
-            return sgd_step(losses.sum(), params, lr, create_graph=create_graph), losses.detach()
+            return sgd_step(losses.sum(), params, lr, create_graph=create_graph), losses.detach(), pi
 
     def adapt(
         self, policy: nn.Module, params: Params, inner_episodes: Sequence[Episodes], *, create_graph: bool
@@ -230,11 +243,20 @@ class InnerLoop:
         self, policy: nn.Module, params: Params, inner_episodes: Sequence[Episodes], *, create_graph: bool
     ) -> list[Params]:
         """θ^(0) = `params`, θ^(1), …, θ^(K) = θ': the parameters before and after every step."""
-        path = [params]
+        return self.adaptation(policy, params, inner_episodes, create_graph=create_graph)[0]
+
+    def adaptation(
+        self, policy: nn.Module, params: Params, inner_episodes: Sequence[Episodes], *, create_graph: bool
+    ) -> tuple[list[Params], list[Distribution]]:
+        """`adaptation_path`, and π_θ^(k) on step k's observations for every step: the inner losses'
+        own policy evaluations (differentiable like θ^(k)), for terms that reuse them instead of
+        evaluating the policy again (ProMP's KL penalty)."""
+        path, policies = [params], []
         for episodes in inner_episodes:
-            params, _ = self.step(policy, params, episodes, create_graph=create_graph)
+            params, _, pi = self._step(policy, params, episodes, create_graph=create_graph)
             path.append(params)
-        return path
+            policies.append(pi)
+        return path, policies
 
     def evaluation_lr(self, k: int, lr: float | None, later_lr_scale: float) -> StepSize:
         """Step size of evaluation step ``k`` (0-based): `lr` if given, else this loop's α (learned

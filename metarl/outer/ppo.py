@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 from metarl.config import OuterConfig
 from metarl.episodes import Episodes
@@ -50,8 +51,9 @@ class PPO:
         """What a penalty needs from before the first epoch (ProMP: the sampling policies); none here."""
         return None
 
-    def penalty(self, batch: MetaBatch, path: list[Params], prepared: Any) -> Tensor | None:
-        """An extra term of each epoch's loss, given the adaptation path (ProMP's KL penalty); none here."""
+    def penalty(self, batch: MetaBatch, policies: list[Distribution], prepared: Any) -> Tensor | None:
+        """An extra term of each epoch's loss, given π_θ^(k) on every inner step's observations
+        (`InnerLoop.adaptation`; ProMP's KL penalty); none here."""
         return None
 
     def finish(self, batch: MetaBatch, prepared: Any, path: list[Params], stats: dict[str, float]) -> None:
@@ -69,10 +71,10 @@ class PPO:
         for _ in range(config.epochs):
             with torch.autocast(device, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
                 # Adapt again from the current θ every epoch: the meta-gradient flows through the inner step.
-                path = self._adaptation_path(batch)
+                path, inner_policies = self._adaptation(batch)
                 pi = distribution(policy, path[-1], batch.outer.observations)
                 log_probs = pi.log_prob(batch.outer.actions).float()
-                penalty = self.penalty(batch, path, prepared)
+                penalty = self.penalty(batch, inner_policies, prepared)
             if old_pi is None:  # the adapted policies at the meta-batch's θ, for the KL statistic
                 old_pi = distribution(policy, detach(path[-1]), batch.outer.observations)
             loss = clipped_surrogate(log_probs, batch.outer, config.clip)
@@ -113,10 +115,11 @@ class PPO:
         with torch.no_grad():
             return [detach(p) for p in self.inner.adaptation_path(self.policy, theta, batch.inner, create_graph=False)]
 
-    def _adaptation_path(self, batch: MetaBatch) -> list[Params]:
-        """θ^(0) = θ, θ^(1), …, θ' per task, differentiable in θ (second order unless first-order)."""
+    def _adaptation(self, batch: MetaBatch) -> tuple[list[Params], list[Distribution]]:
+        """θ^(0) = θ, θ^(1), …, θ' per task, differentiable in θ (second order unless first-order),
+        and π_θ^(k) on every inner step's observations (`InnerLoop.adaptation`)."""
         theta = per_task(parameters_of(self.policy), len(batch.tasks))
-        return self.inner.adaptation_path(self.policy, theta, batch.inner, create_graph=not self.inner.first_order)
+        return self.inner.adaptation(self.policy, theta, batch.inner, create_graph=not self.inner.first_order)
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
@@ -125,10 +128,7 @@ class PPO:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def inner_kls(policy: nn.Module, batch: MetaBatch, path: list[Params], old: list[Any]) -> list[Tensor]:
+def inner_kls(batch: MetaBatch, new: list[Distribution], old: list[Distribution]) -> list[Tensor]:
     """Per inner step k: the mean KL between the policy that sampled ``batch.inner[k]`` (`old`) and
-    the current θ^(k) on those observations."""
-    return [
-        mean_kl(old_pi, distribution(policy, params, episodes.observations), episodes.mask)
-        for old_pi, params, episodes in zip(old, path[:-1], batch.inner, strict=True)
-    ]
+    the current π_θ^(k) (`new`) on those observations."""
+    return [mean_kl(o, n, episodes.mask) for o, n, episodes in zip(old, new, batch.inner, strict=True)]

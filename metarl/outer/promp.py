@@ -50,9 +50,10 @@ class ProMP(PPO):
             self.kl_coefs = [self.config.kl_coef] * len(batch.inner)
         return self._inner_policies(batch)
 
-    def penalty(self, batch: MetaBatch, path: list[Params], prepared: list[Distribution]) -> Tensor:
-        """``Σ_k η_k KL(π_θo^(k) ‖ π_θ^(k))``, each KL a mean over steps and tasks, differentiable in θ."""
-        kls = inner_kls(self.policy, batch, path, prepared)
+    def penalty(self, batch: MetaBatch, policies: list[Distribution], prepared: list[Distribution]) -> Tensor:
+        """``Σ_k η_k KL(π_θo^(k) ‖ π_θ^(k))``, each KL a mean over steps and tasks, differentiable in θ
+        (through `policies`, the inner steps' own evaluations of π_θ^(k))."""
+        kls = inner_kls(batch, policies, prepared)
         return sum((coef * kl for coef, kl in zip(self.kl_coefs, kls, strict=True)), torch.zeros(()))
 
     def finish(
@@ -60,7 +61,7 @@ class ProMP(PPO):
     ) -> None:
         """The inner KLs after the epochs, and the coefficients (adapted to them when ``outer.adaptive_kl``)."""
         with torch.no_grad():
-            kls = [kl.item() for kl in inner_kls(self.policy, batch, path, prepared)]
+            kls = [kl.item() for kl in inner_kls(batch, self._policies(batch, path), prepared)]
         stats["policy/inner_kl"] = sum(kls) / max(len(kls), 1)
         stats["optim/kl_coef"] = sum(self.kl_coefs) / max(len(self.kl_coefs), 1)
         if self.config.adaptive_kl:
@@ -69,9 +70,12 @@ class ProMP(PPO):
 
     def _inner_policies(self, batch: MetaBatch) -> list[Distribution]:
         """π_θ^(k) on inner step k's observations, at the current θ (constants)."""
-        path = self.current_path(batch)
         with torch.no_grad():
-            return [distribution(self.policy, p, e.observations) for p, e in zip(path, batch.inner, strict=False)]
+            return self._policies(batch, self.current_path(batch))
+
+    def _policies(self, batch: MetaBatch, path: list[Params]) -> list[Distribution]:
+        """π_θ^(k) on inner step k's observations for the adaptation path `path`."""
+        return [distribution(self.policy, p, e.observations) for p, e in zip(path, batch.inner, strict=False)]
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "kl_coefs": self.kl_coefs}
