@@ -128,3 +128,15 @@ def test_time_to_quality_finds_the_first_checkpoint_that_reaches_a_return(tmp_pa
     assert [p["iteration"] for p in result["curve"]] == [1, 2]
     assert result["reached"]["iteration"] == 1 and result["reached"]["seconds"] > 0  # any return beats -1000
     assert "first checkpoint with a return >= -1000.0" in stdout
+
+
+def test_success_by_class_averages_each_class_s_tasks(tmp_path):
+    result = {
+        "tasks": [{"env_name": "door-close-v3"}, {"env_name": "reach-v3"}, {"env_name": "door-close-v3"}],
+        "per_task_metrics": {"success": {"maml": [[0.0, 0.5], [0.2, 1.0], [0.4, 0.7]]}},
+    }
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps(result))
+    lines = run_script("success_by_class.py", str(path)).splitlines()
+    assert lines[1].split() == ["door-close-v3", "2", "20%", "60%"]  # (0 + 0.4) / 2, (0.5 + 0.7) / 2
+    assert lines[2].split() == ["reach-v3", "1", "20%", "100%"]
