@@ -19,6 +19,8 @@ Needs the extra: ``pip install -e ".[metaworld]"`` (``metaworld==3.1.1``).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import dataclasses
 import functools
 import math
@@ -95,6 +97,34 @@ def task_classes(benchmark: str, env_name: str | None) -> tuple[str, ...]:
     return (*split["train"], *split["test"])
 
 
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+# Rebuilds of a class's environment (~170 ms each) between two trims (~45 ms each).
+REBUILDS_PER_TRIM = 8
+_rebuilds_since_trim = 0
+
+
+def _release_freed_memory() -> None:
+    """Every `REBUILDS_PER_TRIM` rebuilds, hand the heap's free pages back to the OS. A copy whose
+    task changes class frees its old MuJoCo model, but glibc keeps the pages: 40 ML10 copies
+    switching classes round after round grew from 1.07 to 1.94 GiB of RSS in 8 rounds untrimmed;
+    trimmed every 8 rebuilds they stayed at 1.2–1.4 GiB (1.02–1.07 trimmed after every rebuild, at
+    ~25% more time per rebuild)."""
+    global _rebuilds_since_trim
+    _rebuilds_since_trim += 1
+    trim = _malloc_trim()
+    if trim is not None and _rebuilds_since_trim >= REBUILDS_PER_TRIM:
+        trim(0)
+        _rebuilds_since_trim = 0
+
+
 class MetaWorldEnv(gym.Env):
     """One Meta-World task family: ``benchmark`` ML1 (with ``env_name``), ML10 or ML45.
 
@@ -148,6 +178,8 @@ class MetaWorldEnv(gym.Env):
             return
         if self._sim is not None:
             self._sim.close()
+            self._sim = None
+            _release_freed_memory()
         self._sim = _metaworld().env_dict.ALL_V3_ENVIRONMENTS[env_name]()
         # The episode length is gymnasium's TimeLimit (env.horizon), not Meta-World's own cap of 500.
         self._sim.max_path_length = sys.maxsize

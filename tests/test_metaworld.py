@@ -136,3 +136,20 @@ def test_training_on_ml1_is_deterministic_and_resumes_bit_identically(tmp_path):
 
     assert results(part) == results(full) == results(workers)
     assert "success/post_adaptation" in results(full)[0]
+
+
+def test_switching_task_classes_hands_freed_memory_back_every_few_rebuilds(monkeypatch):
+    import envs.metaworld as module
+
+    trims = []
+    monkeypatch.setattr(module, "_malloc_trim", lambda: trims.append)
+    monkeypatch.setattr(module, "_rebuilds_since_trim", 0)
+    monkeypatch.setattr(module, "REBUILDS_PER_TRIM", 3)
+    env = MetaWorldEnv("ML10", seed=0)
+    tasks = env.task_lists()["train"]
+    first, other = tasks[0], next(t for t in tasks if t.env_name != tasks[0].env_name)
+    env.task = first  # built
+    for task in [other, first, other, first, other, first, first]:  # 6 rebuilds, then the same class
+        env.task = task
+    assert trims == [0, 0]  # malloc_trim(0) after rebuilds 3 and 6
+    env.close()
