@@ -186,8 +186,8 @@ def sampler_and_tasks(config):
 
 
 def dying_config(tmp_path, die_from, die_until, *settings, fault="exit", delay=0.4):
-    kwargs = {"counter": str(tmp_path / "resets"), "die_from": die_from, "die_until": die_until, "fault": fault}
-    kwargs["delay"] = delay
+    kwargs = {"counter": str(tmp_path / "resets"), "die_from": die_from, "die_until": die_until}
+    kwargs |= {"fault": fault, "delay": delay}
     return load_config(
         "experiments/smoke.yaml",
         [

@@ -70,7 +70,7 @@ def test_a_node_that_dies_mid_call_is_reported_and_its_actor_recreated_elsewhere
             with caplog.at_level(logging.WARNING, logger="metarl.backends"):
                 episodes[backend] = sampler.sample(policy, parameters_of(policy), tasks)
             if backend == "ray":
-                assert time.monotonic() - start < 30  # reported and re-created in seconds (6.5 s measured)
+                assert time.monotonic() - start < 30  # in seconds (46 s with Ray's default health checks)
                 assert sampler.statistics()["sampler/actor_restarts"] == 1
                 assert nodes[victim] not in sampler.actor_nodes()
         finally:
