@@ -31,7 +31,12 @@ def main() -> None:
     parser.add_argument("eval_json", type=Path, help="eval.json written by metarl evaluate")
     parser.add_argument("--method", default="maml", help="which evaluated method (default: maml)")
     args = parser.parse_args()
-    result = json.loads(args.eval_json.read_text())
+    try:
+        result = json.loads(args.eval_json.read_text())
+    except (OSError, ValueError) as error:
+        parser.error(f"cannot read {args.eval_json} ({error}): give the eval.json that metarl evaluate wrote")
+    if not isinstance(result, dict) or "tasks" not in result:
+        parser.error(f"{args.eval_json} is not an eval.json written by metarl evaluate (no 'tasks')")
     if "success" not in result.get("per_task_metrics", {}):
         parser.error(f"{args.eval_json} has no success rates (the family's steps report no info['success'])")
     if args.method not in result["per_task_metrics"]["success"]:

@@ -140,3 +140,13 @@ def test_success_by_class_averages_each_class_s_tasks(tmp_path):
     lines = run_script("success_by_class.py", str(path)).splitlines()
     assert lines[1].split() == ["door-close-v3", "2", "20%", "60%"]  # (0 + 0.4) / 2, (0.5 + 0.7) / 2
     assert lines[2].split() == ["reach-v3", "1", "20%", "100%"]
+
+
+def test_success_by_class_refuses_a_file_that_is_not_an_evaluation_in_one_line(tmp_path):
+    path = tmp_path / "eval.json"
+    path.write_text("garbage")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = str(ROOT / "scripts" / "success_by_class.py")
+    result = subprocess.run([sys.executable, script, str(path)], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"cannot read {path}" in result.stderr and "metarl evaluate" in result.stderr
