@@ -5,7 +5,8 @@ actor. An actor (`SamplerActor`) owns a local `Sampler` (its environment copies,
 from the env id and tasks, batched physics where the family has it) for the whole run, and runs
 whole episodes of its slice with its own batched policy forward. Per call the learner puts θ (or the
 per-task adapted parameters) into Ray's object store once; actors return numpy arrays. No remote
-call per env step.
+call per env step. A closed `RaySampler` leaves its actors idle (environments closed) for this
+process's next one: evaluation after training runs on the training's actors.
 
 Same results: copy ``i`` of a call resets with ``seed + i`` on whichever actor holds it, and every
 actor draws the call's policy noise from a copy of the learner's torch generator, taking its own
@@ -27,7 +28,9 @@ import logging
 import os
 import pickle
 import socket
+import threading
 import time
+import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -51,6 +54,9 @@ MAX_RESTARTS = 3
 # Seconds between checks that the cluster's head still answers while actors sample.
 CLUSTER_CHECK_S = 2.0
 _FIELDS = ("observations", "actions", "rewards", "mask", "log_probs")
+# Actors of closed `RaySampler`s, idle, for this process's next one (evaluation after training, a
+# test after a test) instead of new processes: (Ray job, actor, where it runs).
+_IDLE_ACTORS: list[tuple[str, Any, Any]] = []
 
 
 def make_sampler(
@@ -91,19 +97,24 @@ def connect_ray(address: str | None = None) -> str:
 
 
 class SamplerActor:
-    """One Ray actor: a local `Sampler` over its own environment copies, for the whole run."""
+    """One Ray actor: a local `Sampler` over its own environment copies, built on the first call
+    from the settings it is given, for the whole run. When the run's sampler closes, the actor
+    stays with this process, idle and without environments, for its next `RaySampler`."""
 
-    def __init__(self, sampler_kwargs: Mapping[str, Any]) -> None:
+    def __init__(self) -> None:
         torch.set_num_threads(1)
-        self.sampler = Sampler(**sampler_kwargs)
+        self.sampler: Sampler | None = None
+        self.settings_id: str | None = None
+        self._lock = threading.Lock()  # `run` and `release`; `overdue` answers without it
 
     def overdue(self, limit: float) -> tuple[str, float, float] | None:
         """What the environments have been doing, for how long and how long that may take, if
         longer than `limit` seconds (per copy while building copies); else None. Answered from a
         second thread while `run` runs."""
-        if self.sampler.busy is None:
+        sampler = self.sampler
+        if sampler is None or sampler.busy is None:
             return None
-        what, since, copies = self.sampler.busy
+        what, since, copies = sampler.busy
         seconds = time.monotonic() - since
         return (what, seconds, limit * copies) if seconds > limit * copies else None
 
@@ -113,8 +124,21 @@ class SamplerActor:
 
         return ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address(), os.getpid()
 
+    def release(self, settings_id: str) -> None:
+        """Close the environments of the sampler `settings_id`, if they are still this actor's."""
+        with self._lock:
+            if self.settings_id == settings_id:
+                self._close()
+
+    def _close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
+        self.sampler = self.settings_id = None
+
     def run(
         self,
+        settings_id: str,
+        settings: Mapping[str, Any],
         policy: nn.Module,
         params: Mapping[str, np.ndarray],
         shared: bool,
@@ -125,7 +149,8 @@ class SamplerActor:
         total_tasks: int,
     ) -> tuple[dict[str, Any], int, float]:
         """The episodes of `tasks` (tasks `first_task`… of a call over `total_tasks`) as numpy
-        arrays, the noise steps drawn, and the seconds spent."""
+        arrays, the noise steps drawn, and the seconds spent. The sampler `settings_id` (its
+        `Sampler` arguments: `settings`) is built first where this actor last served another."""
         start = time.perf_counter()
         rows = slice(first_task, first_task + len(tasks))
         tensors = {name: torch.from_numpy(np.array(value)) for name, value in params.items()}  # writable copies
@@ -133,10 +158,14 @@ class SamplerActor:
             tensors = {name: value.expand(len(tasks), *value.shape) for name, value in tensors.items()}
         else:
             tensors = {name: value[rows] for name, value in tensors.items()}
-        torch.set_rng_state(rng_state)
-        noise = AllCopiesNoise(total_tasks)
-        with torch.no_grad(), torch_threads(1):
-            episodes = self.sampler.task_episodes(policy, tensors, tasks, seed, noise, first_task)
+        with self._lock:
+            if self.settings_id != settings_id:
+                self._close()
+                self.sampler, self.settings_id = Sampler(**settings), settings_id
+            torch.set_rng_state(rng_state)
+            noise = AllCopiesNoise(total_tasks)
+            with torch.no_grad(), torch_threads(1):
+                episodes = self.sampler.task_episodes(policy, tensors, tasks, seed, noise, first_task)
         arrays = {name: getattr(episodes, name).numpy() for name in _FIELDS}
         arrays["metrics"] = {k: v.numpy() for k, v in (episodes.metrics or {}).items()}
         return arrays, len(noise.steps), time.perf_counter() - start
@@ -155,7 +184,8 @@ class RaySampler(Sampler):
     def __init__(self, *, actors: int | None = None, address: str | None = None, **kwargs: Any) -> None:
         self.cluster = connect_ray(address)
         super().__init__(**{**kwargs, "workers": 1})
-        self._actor_kwargs = {**kwargs, "workers": 1, "device": "cpu", "seed": 0}
+        settings = {**kwargs, "workers": 1, "device": "cpu", "seed": 0}  # the actors' `Sampler`s
+        self._settings_id, self._settings = uuid.uuid4().hex, _import_ray().put(settings)
         cpus = int(_import_ray().cluster_resources().get("CPU", 0))
         self.num_actors = actors or max(1, cpus)
         if self.num_actors > cpus:
@@ -169,7 +199,7 @@ class RaySampler(Sampler):
         self._where: list[Any] = [None] * self.num_actors  # (node id, address, pid), or the call answering it
         self._policies: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
         self.actor_restarts = 0
-        self.bytes_sent = self.bytes_received = 0
+        self.bytes_sent, self.bytes_received = len(pickle.dumps(settings)), 0
         self.overhead_s = 0.0  # a call's wall time beyond its slowest actor's own time, summed
         self._gcs_address: str | None = None
 
@@ -283,7 +313,7 @@ class RaySampler(Sampler):
                     log.warning(
                         "%s; re-created it and sampled its tasks %d-%d again", what, first, first + len(tasks) - 1
                     )
-                    pending[self._submit(index, calls[index])] = index
+                    pending[self._submit(index, calls[index], new=True)] = index
                 except exceptions.RayTaskError as error:
                     cause = error.cause
                     if isinstance(cause, MetarlError):  # e.g. the environment's NaN, named by copy and task
@@ -337,27 +367,67 @@ class RaySampler(Sampler):
                 "the run's last finished iteration is kept: restart the cluster, then resume"
             )
 
-    def _submit(self, index: int, call: tuple[Any, ...]) -> Any:
-        """Run `call` on actor `index`, creating the actor first if it is not there (or died)."""
+    def _submit(self, index: int, call: tuple[Any, ...], new: bool = False) -> Any:
+        """Run `call` on actor `index`; where there is none (or it died), take an idle one of this
+        process or, with `new` or none idle, create one."""
         if self._actors[index] is None:
-            # Two threads: `overdue` is answered while `run` runs.
-            remote = _import_ray().remote(num_cpus=1, max_restarts=0, max_concurrency=2)(SamplerActor)
-            self._actors[index] = remote.options(scheduling_strategy="SPREAD").remote(self._actor_kwargs)
-            self._where[index] = self._actors[index].where.remote()  # answered first: actors run in order
-        return self._actors[index].run.remote(*call)
+            idle = None if new else _take_idle_actor()
+            if idle is not None:
+                self._actors[index], self._where[index] = idle
+            else:
+                # Two threads: `overdue` is answered while `run` runs.
+                remote = _import_ray().remote(num_cpus=1, max_restarts=0, max_concurrency=2)(SamplerActor)
+                self._actors[index] = remote.options(scheduling_strategy="SPREAD").remote()
+                self._where[index] = self._actors[index].where.remote()  # answered first: actors run in order
+        return self._actors[index].run.remote(self._settings_id, self._settings, *call)
 
-    def close_actors(self) -> None:
-        """Stop the actors (they are created again on the next call)."""
+    def close_actors(self, keep: bool = False) -> None:
+        """Stop the actors or, with `keep`, leave them idle, without environments, for this
+        process's next `RaySampler`. A next call creates or takes actors again."""
         ray = _import_ray()
-        for actor in self._actors:
-            if actor is not None and ray.is_initialized():
-                ray.kill(actor)
+        if ray.is_initialized():
+            job = _ray_job()
+            for actor, where in zip(self._actors, self._where, strict=True):
+                if actor is not None and keep:
+                    actor.release.remote(self._settings_id)
+                    _IDLE_ACTORS.append((job, actor, where))
+                elif actor is not None:
+                    ray.kill(actor)
         self._actors = [None] * self.num_actors
         self._where = [None] * self.num_actors
 
     def close(self) -> None:
-        self.close_actors()
+        self.close_actors(keep=True)
         super().close()
+
+
+def _take_idle_actor() -> tuple[Any, Any] | None:
+    """An idle actor of this process's Ray job (and where it runs), if there is one."""
+    job = _ray_job()
+    while _IDLE_ACTORS:
+        owner, actor, where = _IDLE_ACTORS.pop()
+        if owner == job:  # those of an earlier `ray.init` are gone with it
+            return actor, where
+    return None
+
+
+def _ray_job() -> str:
+    """This process's connection to Ray: its node and job (job ids restart with each new cluster)."""
+    context = _import_ray().get_runtime_context()
+    return f"{context.get_node_id()}/{context.get_job_id()}"
+
+
+def stop_idle_actors() -> int:
+    """Stop the idle actors this process keeps (their CPUs return to the cluster); how many."""
+    ray = _import_ray()
+    stopped = 0
+    job = _ray_job() if ray.is_initialized() else None
+    while _IDLE_ACTORS:
+        owner, actor, _ = _IDLE_ACTORS.pop()
+        if owner == job:
+            ray.kill(actor)
+            stopped += 1
+    return stopped
 
 
 def _check_reachable(address: str) -> None:

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -62,8 +61,9 @@ def sample_both(config, tasks_count=5, per_task_params=False, seed=1, order=("lo
             torch.manual_seed(seed)
             episodes = sampler.sample(policy, params, tasks)
             results[backend] = (episodes, torch.get_rng_state(), sampler)
-            if isinstance(sampler, RaySampler):
-                sampler.used_nodes = sampler.actor_nodes()  # before close() stops the actors
+            if isinstance(sampler, RaySampler):  # where the actors ran, before close() lets them go
+                sampler.used_nodes = sampler.actor_nodes()
+                sampler.used_pids = [sampler._resolve_where(i)[2] for i in range(sampler.num_actors)]
         finally:
             sampler.close()
     return results["local"], results["ray"]
@@ -100,6 +100,16 @@ def test_ray_episodes_are_the_local_backend_s_bit_for_bit(settings, per_task_par
     stats = sampler.statistics()
     assert stats["sampler/bytes_received"] >= sum(getattr(remote, f).numel() * 4 for f in FIELDS)
     assert stats["sampler/actor_restarts"] == 0
+
+
+def test_a_closed_sampler_s_actors_serve_the_next_one_with_its_own_settings():
+    # Evaluation after training, or one sampler after another in a script: no new actor processes.
+    first = sample_both(load_config("experiments/smoke.yaml", ["env.workers=2"]))[1][2]
+    config = load_config("experiments/smoke.yaml", ["env.workers=2", "env.horizon=7", "inner.episodes_per_task=3"])
+    (local, _, _), (remote, _, second) = sample_both(config, tasks_count=4)
+    assert_identical(local, remote)  # the second sampler's environments, not the first's
+    assert remote.observations.shape[1:3] == (3, 7)
+    assert sorted(second.used_pids) == sorted(first.used_pids)
 
 
 def test_a_batched_physics_family_gives_the_same_episodes_on_ray():
@@ -243,6 +253,7 @@ def test_ctrl_c_while_waiting_for_actors_stops_them_and_keeps_last_pt(tmp_path):
         metarl.train(config, progress=False)
     assert time.monotonic() - start < 60  # not the 120 s timeout: Ctrl-C interrupts the wait
     assert torch.load(Path(tmp_path) / "r" / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 1
+    metarl.backends.stop_idle_actors()  # those of earlier tests, kept for the next sampler
     deadline = time.monotonic() + 20  # the hanging actor is killed: its CPU returns to the cluster
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -263,15 +274,15 @@ def test_an_actor_that_hangs_is_an_error_within_the_timeout(tmp_path, monkeypatc
 
 
 def test_a_call_longer_than_the_timeout_is_fine_while_its_environments_step(tmp_path, monkeypatch):
-    # 2 copies at 0.2 s per step, 8 steps: the call takes ~3.2 s, each step 0.4 s (timeout: 1 s),
-    # and the learner asks every 0.5 s.
-    monkeypatch.setattr(metarl.backends, "CLUSTER_CHECK_S", 0.5)
-    settings = "env.workers=1", "env.worker_timeout=1", "env.horizon=8", "inner.episodes_per_task=1"
-    config = dying_config(tmp_path, -1, -1, *settings, fault="slow", delay=0.2)
+    # 2 copies at 0.1 s per step, 8 steps: the call takes ~1.6 s, each step 0.2 s (timeout: 0.5 s),
+    # and the learner asks every 0.3 s.
+    monkeypatch.setattr(metarl.backends, "CLUSTER_CHECK_S", 0.3)
+    settings = "env.workers=1", "env.worker_timeout=0.5", "env.horizon=8", "inner.episodes_per_task=1"
+    config = dying_config(tmp_path, -1, -1, *settings, fault="slow", delay=0.1)
     with sampler_and_tasks(config) as (sampler, policy, tasks):
         start = time.monotonic()
         episodes = sampler.sample(policy, parameters_of(policy), tasks)
-        assert time.monotonic() - start > 3  # checked for progress several times on the way
+        assert time.monotonic() - start > 1.5  # checked for progress several times on the way
         assert episodes.rewards.shape[:3] == (2, 1, 8)
 
 
@@ -326,36 +337,48 @@ def test_local_sampler_is_the_default():
         sampler.close()
 
 
-def test_the_benchmark_compares_the_backends_and_the_estimate_scales_them(tmp_path):
-    # The script's child processes join this module's Ray instance rather than start their own.
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    out = tmp_path / "backends.json"
+def script(name):
+    """A script of `scripts/` as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def run(script, *args):
-        command = [sys.executable, str(ROOT / "scripts" / script), *args]
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-        assert result.returncode == 0, result.stderr[-2000:]
-        return result.stdout
 
-    stdout = run(
-        "benchmark.py", str(ROOT / "experiments" / "smoke.yaml"), "--backends", "--iterations", "2", "--out", str(out)
-    )
+def run_main(module, monkeypatch, capsys, *args):
+    """`module.main()` with command-line `args`; its printed output."""
+    monkeypatch.setattr(sys, "argv", [module.__file__, *args])
+    module.main()
+    return capsys.readouterr().out
+
+
+def test_the_benchmark_compares_the_backends_and_the_estimate_scales_them(tmp_path, monkeypatch, capsys):
+    # In this process (the script runs each backend in a fresh one), on this module's Ray instance.
+    benchmark, out = script("benchmark"), tmp_path / "backends.json"
+    monkeypatch.setattr(benchmark, "in_child_process", lambda func, *args: func(*args))
+    threads = torch.get_num_threads()
+    try:
+        smoke = str(ROOT / "experiments" / "smoke.yaml")
+        stdout = run_main(benchmark, monkeypatch, capsys, smoke, "--backends", "--iterations", "2", "--out", str(out))
+    finally:
+        torch.set_num_threads(threads)
     result = json.loads(out.read_text())
     assert result["backends"]["ray"]["median"]["env_steps"] == result["backends"]["local"]["median"]["env_steps"] == 480
     assert result["ray_per_iteration"]["bytes_received"] >= 480 * (2 + 2 + 1 + 1 + 1) * 4  # obs, actions, ...
     assert result["ray_per_iteration"]["bytes_sent"] > 0 and result["ray_over_local"] > 0
     assert "ray / local" in stdout
-    estimate = run("scaling_estimate.py", str(out), "--nodes", "1", "2", "--out", str(tmp_path / "scaling.json"))
-    rows = json.loads((tmp_path / "scaling.json").read_text())[0]["estimates"]
+    scaling = tmp_path / "scaling.json"
+    estimate = run_main(
+        script("scaling_estimate"), monkeypatch, capsys, str(out), "--nodes", "1", "2", "--out", str(scaling)
+    )
+    rows = json.loads(scaling.read_text())[0]["estimates"]
     assert [r["actors"] for r in rows] == [2, 4]
     assert rows[1]["sampling_s"] < rows[0]["sampling_s"]  # 3 tasks: 2 per actor on 2 actors, 1 on 4
     assert "| experiments" in estimate or "smoke.yaml" in estimate
 
 
 def test_the_benchmark_times_the_sampler_on_ray_actors():
-    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = script("benchmark")
     config = load_config("experiments/smoke.yaml", ["env.max_copies=8"])
     result = benchmark.sampler_rate(config.to_dict(), 2, "ray")
     assert result["env_steps"] == 3 * 4 * 20  # the smoke config's tasks x episodes x horizon, one call
