@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 MAX_RESTARTS = 3
 # Seconds between checks that the cluster's head still answers while actors sample.
 CLUSTER_CHECK_S = 2.0
+# Seconds a new actor may wait for the cluster to start it (a CPU to be free, its process to start).
+ACTOR_START_S = 120.0
 _FIELDS = ("observations", "actions", "rewards", "mask", "log_probs")
 # Actors of closed `RaySampler`s, idle, for this process's next one (evaluation after training, a
 # test after a test) instead of new processes: (Ray job, actor, where it runs).
@@ -197,6 +199,7 @@ class RaySampler(Sampler):
             )
         self._actors: list[Any] = [None] * self.num_actors  # created on first use
         self._where: list[Any] = [None] * self.num_actors  # (node id, address, pid), or the call answering it
+        self._created: list[float | None] = [None] * self.num_actors  # when a new actor was asked for
         self._policies: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
         self.actor_restarts = 0
         self.bytes_sent, self.bytes_received = len(pickle.dumps(settings)), 0
@@ -296,6 +299,7 @@ class RaySampler(Sampler):
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=CLUSTER_CHECK_S)
                 if not ready:
                     self.check_cluster()
+                    self._check_started(sorted(pending.values()))
                     self._check_progress(sorted(pending.values()))
                     continue
                 index = pending.pop(ready[0])
@@ -353,6 +357,23 @@ class RaySampler(Sampler):
                     f"{allowed:g} s): the environment may hang, or needs longer: raise env.worker_timeout"
                 )
 
+    def _check_started(self, indices: Sequence[int]) -> None:
+        """Raise `WorkerError` if a new actor has waited longer than `ACTOR_START_S` for the cluster
+        to start it (its CPU held by other actors or jobs)."""
+        ray = _import_ray()
+        for index in indices:
+            created, where = self._created[index], self._where[index]
+            if created is None or isinstance(where, tuple) or time.monotonic() - created < ACTOR_START_S:
+                continue
+            if ray.wait([where], timeout=0)[0]:
+                continue
+            free, total = ray.available_resources().get("CPU", 0), ray.cluster_resources().get("CPU", 0)
+            raise WorkerError(
+                f"Ray actor {index} has not started in {time.monotonic() - created:.0f} s: {free:g} of {total:g} "
+                f"CPUs of {self.cluster} are free, the others held by other actors or jobs: free them, or lower "
+                "env.workers"
+            )
+
     def check_cluster(self) -> None:
         """Raise `WorkerError` if the cluster's head (its GCS) no longer answers: checked before each
         call and every few seconds while waiting, so a lost cluster stops the run in seconds, not
@@ -379,6 +400,7 @@ class RaySampler(Sampler):
                 remote = _import_ray().remote(num_cpus=1, max_restarts=0, max_concurrency=2)(SamplerActor)
                 self._actors[index] = remote.options(scheduling_strategy="SPREAD").remote()
                 self._where[index] = self._actors[index].where.remote()  # answered first: actors run in order
+                self._created[index] = time.monotonic()
         return self._actors[index].run.remote(self._settings_id, self._settings, *call)
 
     def close_actors(self, keep: bool = False) -> None:
@@ -395,6 +417,7 @@ class RaySampler(Sampler):
                     ray.kill(actor)
         self._actors = [None] * self.num_actors
         self._where = [None] * self.num_actors
+        self._created = [None] * self.num_actors
 
     def close(self) -> None:
         self.close_actors(keep=True)

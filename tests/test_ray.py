@@ -122,6 +122,9 @@ def test_a_batched_physics_family_gives_the_same_episodes_on_ray():
 
 
 def test_training_on_ray_logs_the_local_backend_s_metrics(tmp_path):
+    # The evaluations include an oracle, which has a sampler of its own: on Ray, the same actors.
+    oracle_config = load_config("experiments/smoke.yaml", ["train.algo=oracle", f"train.logdir={tmp_path}"])
+    baselines = ["random", f"oracle={metarl.train(oracle_config, progress=False)}"]
     runs, evaluations = {}, {}
     for backend, workers in (("local", 1), ("ray", 2)):  # in this process, and on two actors
         config = load_config(
@@ -135,7 +138,7 @@ def test_training_on_ray_logs_the_local_backend_s_metrics(tmp_path):
         )
         run = metarl.train(config, progress=False)
         runs[backend] = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        metarl.evaluate(run)  # on the run's backend: Ray actors for the Ray run
+        metarl.evaluate(run, baselines=baselines)  # on the run's backend: 2 Ray actors, all the CPUs
         evaluations[backend] = json.loads((run / "eval" / "eval.json").read_text())
     assert evaluations["local"]["per_task"] == evaluations["ray"]["per_task"]
     assert len(runs["ray"]) == 3
@@ -271,6 +274,25 @@ def test_an_actor_that_hangs_is_an_error_within_the_timeout(tmp_path, monkeypatc
         ):
             sampler.sample(policy, parameters_of(policy), tasks)
         assert time.monotonic() - start < 60  # actor start-up (a few seconds) + the timeout, not the hang
+
+
+def test_an_actor_the_cluster_has_no_cpu_for_is_an_error_within_the_timeout(tmp_path, monkeypatch):
+    monkeypatch.setattr(metarl.backends, "CLUSTER_CHECK_S", 0.3)
+    monkeypatch.setattr(metarl.backends, "ACTOR_START_S", 1.0)  # 2 minutes by default
+    metarl.backends.stop_idle_actors()
+    holder = ray.remote(num_cpus=2)(type("Holder", (), {"ping": lambda self: 1})).remote()  # every CPU
+    try:
+        ray.get(holder.ping.remote())
+        config = dying_config(tmp_path, -1, -1, "env.workers=1")
+        with sampler_and_tasks(config) as (sampler, policy, tasks):
+            start = time.monotonic()
+            with pytest.raises(
+                WorkerError, match=r"Ray actor 0 has not started in \d+ s: 0 of 2 CPUs .* are free, the others held"
+            ):
+                sampler.sample(policy, parameters_of(policy), tasks)
+            assert time.monotonic() - start < 10
+    finally:
+        ray.kill(holder)
 
 
 def test_a_call_longer_than_the_timeout_is_fine_while_its_environments_step(tmp_path, monkeypatch):
