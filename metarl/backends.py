@@ -419,6 +419,9 @@ class RaySampler(Sampler):
         self._where = [None] * self.num_actors
         self._created = [None] * self.num_actors
 
+    def release_workers(self) -> None:
+        self.close_actors(keep=True)
+
     def close(self) -> None:
         self.close_actors(keep=True)
         super().close()

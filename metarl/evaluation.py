@@ -23,7 +23,7 @@ import torch
 import yaml
 from torch import nn
 
-from metarl.backends import RaySampler, make_sampler
+from metarl.backends import make_sampler
 from metarl.checkpoint import load_checkpoint
 from metarl.config import AdvantageConfig, Config, config_from_dict, stored_config
 from metarl.errors import CheckpointError, ConfigError, EnvError, RunDirError
@@ -528,11 +528,11 @@ def evaluate(
     samplers: dict[bool, Sampler] = {}
 
     def sampler_for(observe_task: bool) -> Sampler:
-        """One sampler for the methods that see the task (oracles), one for the others. On Ray the
-        other one's actors serve this one: one set of actors may fill the cluster."""
+        """One sampler for the methods that see the task (oracles), one for the others; the other
+        hands back its workers first (Ray: the same actors serve both, one set may fill the cluster)."""
         for other, each in samplers.items():
-            if other != observe_task and isinstance(each, RaySampler):
-                each.close_actors(keep=True)  # taken back, idle, on the other's next call
+            if other != observe_task:
+                each.release_workers()
         if observe_task not in samplers:
             algo = "oracle" if observe_task else "maml"
             samplers[observe_task] = make_sampler(

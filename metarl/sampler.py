@@ -360,6 +360,10 @@ class Sampler:
             envs.close()
         self._vector_envs.clear()
 
+    def release_workers(self) -> None:
+        """Between calls, hand back what another sampler of this process may need (`RaySampler`:
+        its actors, the CPUs of a cluster it may fill; taken again on the next call); here nothing."""
+
     def close(self) -> None:
         self.close_vector_envs()
         self.env.close()
