@@ -52,6 +52,11 @@ class EnvConfig:
     """``episodes``: every task gets exactly ``episodes_per_task`` episodes. ``steps``: a task's
     episodes run back to back until they hold ``episodes_per_task × horizon`` steps, as the MAML
     paper's rllab sampler does, so tasks whose episodes end early (a reached goal) get more of them."""
+    spare_episodes: int = 0
+    """``batch_unit: steps``: episodes per task run beyond ``episodes_per_task`` in the same lockstep
+    round, kept only where a task's first episodes end early and leave steps of its budget (the same
+    episodes as a second round would run, without its horizon of lockstep steps). Spares not needed
+    are discarded and not counted; families whose episodes never end early gain nothing from them."""
     workers: int | None = None
     """Parallel stepping. Families with batched physics (HalfCheetah*, Navigation2D) run it on this
     many C threads (default: one per core). Other families step in this many worker processes when
@@ -244,6 +249,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str | None]] = {
     "env.workers": (lambda v: v is None or v >= 1, "at least 1, or null for the default"),
     "env.worker_timeout": (lambda v: v is None or v > 0, "positive seconds, or null for no limit"),
     "env.max_copies": (lambda v: v is None or v >= 1, "at least 1, or null for the family's default"),
+    "env.spare_episodes": (lambda v: v >= 0, "at least 0"),
     "env.info_metrics": (
         lambda v: all(how in AGGREGATIONS for how in v.values()),
         f"a mapping of info keys to one of {', '.join(AGGREGATIONS)}",
@@ -347,10 +353,13 @@ def _combination_problems(config: Config) -> list[str]:
         )
     copies = config.env.max_copies
     episodes = max(config.inner.episodes_per_task, config.evaluation.episodes_per_task)
+    if "steps" in (config.env.batch_unit, config.evaluation.batch_unit):
+        episodes += config.env.spare_episodes
     if copies is not None and copies < episodes:
         problems.append(
             f"'env.max_copies' is {copies}, fewer than the {episodes} episodes of one task (inner.episodes_per_task, "
-            f"evaluation.episodes_per_task): rounds run whole tasks, so set env.max_copies to at least {episodes}"
+            f"evaluation.episodes_per_task, env.spare_episodes): rounds run whole tasks, so set env.max_copies to at "
+            f"least {episodes}"
         )
     return problems
 

@@ -58,6 +58,8 @@ class Sampler:
         batch_unit: ``episodes``: exactly E episodes per task. ``steps``: episodes of a task run
             back to back until they hold E × horizon steps (the MAML paper's rllab sampler), so
             tasks whose episodes end early get more episodes.
+        spare_episodes: with ``batch_unit="steps"``, run this many more episodes per task in each
+            round, kept only where the task's budget still has room (see ``env.spare_episodes``).
         seed: seeds the environment resets.
         device: where the episode tensors live.
         workers: physics threads of a batched family, or worker processes for the others
@@ -92,12 +94,15 @@ class Sampler:
         worker_timeout: float | None = None,
         info_metrics: Mapping[str, str] | None = None,
         max_copies: int | None = None,
+        spare_episodes: int = 0,
     ) -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
         self.info_metrics = dict(DEFAULT_INFO_METRICS if info_metrics is None else info_metrics)
         self.observe_task, self.worker_timeout = observe_task, worker_timeout
         self.workers, self.task_space = workers, task_space
         self.episodes_per_task = episodes_per_task
+        # Copies per task in a round: E, plus the spares of a budget in steps.
+        self.copies_per_task = episodes_per_task + (spare_episodes if batch_unit == "steps" else 0)
         self.action_scaling, self.action_bound = action_scaling, action_bound
         self.batch_unit = batch_unit
         self.device = torch.device(device)
@@ -152,6 +157,7 @@ class Sampler:
             "worker_timeout": config.env.worker_timeout,
             "info_metrics": config.env.info_metrics,
             "max_copies": config.env.max_copies,
+            "spare_episodes": config.env.spare_episodes,
         }
 
     @classmethod
@@ -166,7 +172,7 @@ class Sampler:
         """A sampler that runs one episode at a time on an existing environment instance (e.g. a
         robot whose task is unknown): `sample` then takes ``tasks=None``."""
         sampler = cls.__new__(cls)
-        sampler.env_id, sampler.env_kwargs, sampler.episodes_per_task = None, {}, 1
+        sampler.env_id, sampler.env_kwargs, sampler.episodes_per_task, sampler.copies_per_task = None, {}, 1, 1
         sampler.action_scaling, sampler.action_bound = action_scaling, action_bound
         sampler.device, sampler.batch_unit, sampler.workers = torch.device("cpu"), "episodes", 1
         sampler.task_space, sampler.observe_task, sampler.worker_timeout = None, False, None
@@ -190,7 +196,7 @@ class Sampler:
         if num_tasks not in self._vector_envs and self.max_copies is not None:
             self.close_vector_envs()  # bounded memory: one vector env of at most max_copies copies at a time
         if num_tasks not in self._vector_envs:
-            num_envs = num_tasks * self.episodes_per_task
+            num_envs = num_tasks * self.copies_per_task
             self.busy = (f"building {num_envs} environment copies", time.monotonic(), num_envs)
             with environment_errors(f"creating {num_envs} copies of '{self.env_id}'"):
                 self._vector_envs[num_tasks] = make_vector_env(
@@ -217,7 +223,7 @@ class Sampler:
             params = per_task(params, num_tasks)
         if self.batch_unit == "episodes" or tasks is None:
             return self._sample_episodes(policy, params, tasks)
-        # Rounds of E episodes for the tasks whose episodes do not yet hold E × horizon steps.
+        # Rounds of E episodes (and the spares) for the tasks whose episodes do not yet hold E × horizon steps.
         budget = self.episodes_per_task * self.horizon
         rounds: list[list[Episodes]] = [[] for _ in tasks]
         steps = np.zeros(num_tasks)
@@ -272,7 +278,7 @@ class Sampler:
             rows = slice(start, min(start + per_round, num_tasks))
             round_params = {name: value[rows] for name, value in params.items()}
             call_rows = slice(first_task + rows.start, first_task + rows.stop)
-            round_seed = seed + call_rows.start * self.episodes_per_task
+            round_seed = seed + call_rows.start * self.copies_per_task
             rounds.append(self._round(policy, round_params, tasks[rows], round_seed, noise, call_rows, copies_for))
         return rounds[0] if len(rounds) == 1 else stack_tasks(rounds)
 
@@ -280,7 +286,7 @@ class Sampler:
         """How many tasks' episodes run at once on the `max_copies` environment copies (None: all)."""
         if self.max_copies is None:
             return None
-        return max(1, self.max_copies // self.episodes_per_task)
+        return max(1, self.max_copies // self.copies_per_task)
 
     def _round(
         self,
@@ -298,7 +304,7 @@ class Sampler:
         `copies_for` tasks: a round with fewer tasks fills it up with its last task (their episodes
         are dropped), so that one vector env of at most ``max_copies`` copies serves all.
         """
-        num_tasks, num_episodes = len(tasks) if tasks is not None else 1, self.episodes_per_task
+        num_tasks, num_episodes = len(tasks) if tasks is not None else 1, self.copies_per_task
         width = max(copies_for or num_tasks, num_tasks)
         if width > num_tasks:
             tasks = [*tasks, *[tasks[-1]] * (width - num_tasks)]

@@ -7,7 +7,8 @@ fresh child process where noted):
 
 - limits: raw MuJoCo physics (``mj_step`` × frame skip, one thread; ``mujoco.rollout`` over all
   cores) and raw ``env.step`` of the Gymnasium env with random actions (one process; one process
-  per core, run at the same time);
+  per core, run at the same time; for a family stepped in worker processes, also one process per
+  core stepping in turn as many copies as each worker holds, which the CPU's caches do not keep);
 - metarl's sampler: env steps/s while collecting one meta-batch (tasks × episodes × horizon),
   policy forward included, with 1 worker and with one per core (physics threads for the natively
   batched families, worker processes for the others);
@@ -56,6 +57,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -64,7 +66,7 @@ from metarl.config import Config, config_from_dict, load_config
 from metarl.functional import parameters_of
 from metarl.make import make_env
 from metarl.policies import make_policy
-from metarl.tasks import TaskSplits
+from metarl.tasks import TaskSplits, ensure_registered
 from metarl.workers import contiguous_slices
 
 CORES = os.cpu_count() or 1
@@ -143,28 +145,58 @@ def matmul_rates(config: Config, repeats: int = 20) -> dict[str, float]:
     return rates
 
 
-def env_step_rate(env_id: str, kwargs: dict[str, Any], steps: int, seed: int = 0) -> float:
-    """Env steps/s of one Gymnasium environment with random actions, resets included."""
-    env = make_env(env_id, kwargs)
-    env.action_space.seed(seed)
-    env.reset(seed=seed)
-    actions = [env.action_space.sample() for _ in range(steps)]
+def env_step_rate(env_id: str, kwargs: dict[str, Any], steps: int, seed: int = 0, copies: int = 1) -> float:
+    """Env steps/s of Gymnasium environments with random actions, resets included: one copy, or
+    `copies` copies stepped in turn (as a sampler steps its copies, each out of the CPU's caches
+    by the time its turn comes again)."""
+    envs = [make_env(env_id, kwargs) for _ in range(copies)]
+    envs[0].action_space.seed(seed)
+    for env in envs:
+        env.reset(seed=seed)
+    actions = [envs[0].action_space.sample() for _ in range(steps)]
     start = time.perf_counter()
-    for action in actions:
+    for i, action in enumerate(actions):
+        env = envs[i % copies]
         _, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
             env.reset()
     rate = steps / (time.perf_counter() - start)
-    env.close()
+    for env in envs:
+        env.close()
     return rate
 
 
-def env_step_rates(config: Config, steps: int) -> dict[str, float]:
-    """``env.step`` rate of one process, and the summed rate of one process per core at once."""
+def env_step_rates(config: Config, steps: int, copies: int = 1) -> dict[str, float]:
+    """``env.step`` rate of one process, and the summed rate of one process per core at once; with
+    ``copies > 1`` also the summed rate of one process per core stepping that many copies each."""
     one = env_step_rate(config.env.id, config.env.kwargs, steps)
     with mp.get_context("spawn").Pool(CORES) as pool:
-        rates = pool.starmap(env_step_rate, [(config.env.id, config.env.kwargs, steps, seed) for seed in range(CORES)])
-    return {"env_step_1_process": one, "env_step_all_cores": sum(rates)}
+        jobs = [(config.env.id, config.env.kwargs, steps, seed) for seed in range(CORES)]
+        rates = {"env_step_1_process": one, "env_step_all_cores": sum(pool.starmap(env_step_rate, jobs))}
+        if copies > 1:
+            many = pool.starmap(env_step_rate, [(*job, copies) for job in jobs])
+            rates[f"env_step_all_cores_{copies}_copies_each"] = sum(many)
+    return rates
+
+
+def copies_per_worker(config: Config) -> int:
+    """How many environment copies each of one-per-core worker processes steps for the config's
+    meta-batch (rounds of `max_copies`), for a family stepped in worker processes; 1 for a natively
+    batched family (its copies are not separate Gymnasium environments)."""
+    ensure_registered(config.env.id)
+    spec = gym.registry.get(config.env.id)
+    if spec is None or spec.vector_entry_point is not None:
+        return 1
+    env = make_env(config.env.id, config.env.kwargs)
+    max_copies = config.env.max_copies or env.unwrapped.metadata.get("max_copies")
+    env.close()
+    copies = config.outer.tasks_per_batch * config.inner.episodes_per_task
+    per_round = (
+        copies
+        if max_copies is None
+        else max(max_copies // config.inner.episodes_per_task, 1) * config.inner.episodes_per_task
+    )
+    return -(-min(per_round, copies) // CORES)
 
 
 def sampler_rate(config_dict: dict[str, Any], workers: int, backend: str = "local") -> dict[str, float]:
@@ -491,7 +523,7 @@ def main() -> None:
 
     limits: dict[str, float] = {}
     limits.update(physics_rates(config, copies) or {})
-    limits.update(env_step_rates(config, args.env_steps))
+    limits.update(env_step_rates(config, args.env_steps, copies_per_worker(config)))
     profile = step_profile(config, args.env_steps)
     samplers = {f"{w}_workers": in_child_process(sampler_rate, config.to_dict(), w) for w in sorted({1, CORES})}
     if args.with_ray:  # whole episodes per actor, no lockstep with the learner
@@ -528,10 +560,12 @@ def main() -> None:
     )
     print("metarl sampler, one meta-batch (env steps/s, policy included; peak memory with its workers)")
     all_cores = limits["env_step_all_cores"]
+    same_copies = next((k for k in limits if k.endswith("_copies_each")), None)
     for name, sample in samplers.items():
         rate = sample["env_steps_per_s"]
+        against_copies = f", {rate / limits[same_copies]:.2f} x with as many copies" if same_copies else ""
         print(
-            f"  {name:<22} {rate:>12,.0f}   {rate / all_cores:.2f} x env.step on all cores "
+            f"  {name:<22} {rate:>12,.0f}   {rate / all_cores:.2f} x env.step on all cores{against_copies} "
             f"({sample['env_steps']:,} steps, {sample['env_copies']} env copies, "
             f"{sample['total_peak_rss_mib']:,.0f} MiB)"
         )

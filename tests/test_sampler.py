@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from metarl.config import load_config
+from metarl.errors import ConfigError
 from metarl.functional import parameters_of, per_task
 from metarl.policies import GaussianMLPPolicy
 from metarl.sampler import Sampler, concat_episodes
@@ -109,3 +111,68 @@ def test_step_budget_gives_tasks_with_short_episodes_more_episodes():
     assert valid[1].sum() == 2 and episodes.mask[1].sum() == 60  # two full-length episodes, then padding
     torch.testing.assert_close(episodes.mean_returns[0], torch.tensor(-(0.1 * 2**0.5)), atol=1e-4, rtol=0)
     assert episodes.mean_returns[1] == pytest.approx(episodes.returns[1, :2].mean().item())
+
+
+def test_spare_episodes_fill_a_step_budget_in_one_round():
+    """``spare_episodes``: the episodes a second round would add run in the first round's lockstep;
+    spares a task does not need are dropped, so the budget and its accounting are unchanged."""
+    policy = GaussianMLPPolicy(2, 2, (8,), init_std=1e-3)
+    params = {k: torch.zeros_like(v) for k, v in parameters_of(policy).items()}
+    params["mean.layers.1.bias"] = torch.full((2,), 5.0)  # goal (0.2, 0.2) in 2 steps, as above
+    params["log_std"] = torch.full((2,), -9.0)
+    tasks = [{"goal": [0.2, 0.2]}, {"goal": [-0.4, 0.1]}]
+    rounds = {}
+    for spare in (0, 28):
+        torch.manual_seed(1)
+        sampler = Sampler(
+            "MetaRL/Navigation2D-v0", episodes_per_task=2, horizon=30, seed=0, batch_unit="steps", spare_episodes=spare
+        )
+        rounds[spare] = calls = []
+        original = sampler._round
+
+        def counted(*args, calls=calls, original=original, **kwargs):
+            calls.append(len(args[2]))  # the round's tasks
+            return original(*args, **kwargs)
+
+        sampler._round = counted
+        episodes = sampler.sample(policy, params, tasks)
+        valid = episodes.mask[..., 0]
+        assert valid[0].sum() == 30 and episodes.mask[0].sum() == 60  # thirty 2-step episodes
+        assert valid[1].sum() == 2 and episodes.mask[1].sum() == 60  # two full-length episodes; spares dropped
+        assert episodes.num_steps == 120
+    # Without spares: a round of both tasks, then 14 more rounds of task 0's 2-step episodes (2 per round).
+    assert rounds[0] == [2] + [1] * 14
+    assert rounds[28] == [2]
+
+
+def test_spare_episodes_are_kept_in_order_while_a_task_s_budget_has_room():
+    """Random episode lengths: the kept episodes are a prefix, each started before the budget ran
+    out, and together they hold at least the budget."""
+    torch.manual_seed(0)
+    sampler = Sampler(
+        "MetaRL/Navigation2D-v0", episodes_per_task=4, horizon=20, seed=3, batch_unit="steps", spare_episodes=6
+    )
+    # Steps of about 0.1 along (1, 1) with a little noise: a goal on that grid is hit or missed.
+    policy = GaussianMLPPolicy(2, 2, (8,), init_std=0.02)
+    params = {k: v.detach() for k, v in parameters_of(policy).items()}
+    params["mean.layers.1.bias"] = torch.tensor([1.02, 1.02])
+    goals = [{"goal": [g, g]} for g in (0.1, 0.2, 0.3, 0.4)]
+    episodes = sampler.sample(policy, params, goals)
+    lengths = episodes.mask.sum(-1)  # [task, episode]; padding episodes have length 0
+    mixed = 0
+    for task_lengths in lengths:
+        kept = task_lengths[task_lengths > 0]
+        assert (task_lengths[: len(kept)] > 0).all()  # a prefix
+        assert kept.sum() >= 80 and kept[:-1].sum() < 80  # the last one started within the budget
+        mixed += len(set(kept.tolist())) > 1
+    assert mixed >= 1 and (lengths > 0).sum(1).max() > 10  # short and long episodes; more than one round
+
+
+def test_spare_episodes_are_validated_and_counted_against_max_copies():
+    with pytest.raises(ConfigError, match="'env.spare_episodes'.*at least 0"):
+        load_config("experiments/smoke.yaml", ["env.spare_episodes=-1"])
+    # Smoke: 4 episodes per task; counted in steps, 2 spares need rounds of at least 6 copies.
+    settings = ["env.batch_unit=steps", "env.spare_episodes=2", "evaluation.episodes_per_task=4"]
+    with pytest.raises(ConfigError, match="env.max_copies.*at least 6"):
+        load_config("experiments/smoke.yaml", [*settings, "env.max_copies=5"])
+    assert load_config("experiments/smoke.yaml", [*settings, "env.max_copies=6"]).env.spare_episodes == 2

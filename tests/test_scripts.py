@@ -1,5 +1,6 @@
 """The scripts under scripts/ run on the tiny config and write what their docstrings promise."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -130,6 +131,19 @@ def test_time_to_quality_finds_the_first_checkpoint_that_reaches_a_return(tmp_pa
     assert "first checkpoint with a return >= -1000.0" in stdout
 
 
+def test_time_to_quality_s_window_asks_for_a_crossing_that_holds():
+    spec = importlib.util.spec_from_file_location("time_to_quality", ROOT / "scripts" / "time_to_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    returns = [-15.0, -11.0, -13.0, -12.0, -11.5, -11.0, -11.6]  # one lucky checkpoint, then a slow rise
+    curve = [{"iteration": i + 1, "return": r} for i, r in enumerate(returns)]
+    assert module.first_reaching(curve, -11.7)["iteration"] == 2
+    assert module.first_reaching(curve, -11.7, window=3)["iteration"] == 6  # (-12 - 11.5 - 11) / 3 = -11.5
+    assert module.first_reaching(curve, -11.7, window=3)["return"] == -11.0
+    assert module.first_reaching(curve, -11.0, window=3) is None
+    assert module.first_reaching(curve[:2], -20.0, window=3) is None  # fewer checkpoints than the window
+
+
 def test_success_by_class_averages_each_class_s_tasks(tmp_path):
     result = {
         "tasks": [{"env_name": "door-close-v3"}, {"env_name": "reach-v3"}, {"env_name": "door-close-v3"}],
@@ -150,3 +164,33 @@ def test_success_by_class_refuses_a_file_that_is_not_an_evaluation_in_one_line(t
     result = subprocess.run([sys.executable, script, str(path)], capture_output=True, text=True, env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"cannot read {path}" in result.stderr and "metarl evaluate" in result.stderr
+
+
+def test_benchmark_s_copies_limit_steps_as_many_copies_as_each_worker_holds():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    from metarl.config import load_config
+
+    # ML1: 20 tasks x 10 episodes in rounds of 40 copies (4 tasks), split over one worker per core.
+    ml1 = load_config(ROOT / "experiments" / "metaworld_ml1_reach.yaml")
+    assert benchmark.copies_per_worker(ml1) == -(-40 // benchmark.CORES)
+    assert benchmark.copies_per_worker(
+        load_config(ROOT / "experiments" / "metaworld_ml1_reach.yaml", ["env.max_copies=20"])
+    ) == -(-20 // benchmark.CORES)
+    assert benchmark.copies_per_worker(load_config(SMOKE)) == 1  # 2D navigation: natively batched
+    assert benchmark.env_step_rate("CartPole-v1", {}, 60, copies=3) > 0
+
+
+def test_time_to_quality_rereads_its_json_and_plots_the_curves(tmp_path):
+    curve = [{"iteration": i, "return": r, "seconds": 2.0 * i, "env_steps": 10.0 * i} for i, r in ((1, -14), (2, -11))]
+    saved = tmp_path / "ttq.json"
+    saved.write_text(json.dumps([{"run": "runs/a", "threshold": -12, "steps": 1, "curve": curve}]))
+    out, png = tmp_path / "again.json", tmp_path / "ttq.png"
+    stdout = run_script(
+        "time_to_quality.py", str(saved), "--threshold", "-12.5", "--window", "2", "--out", str(out), "--plot", str(png)
+    )
+    [result] = json.loads(out.read_text())
+    assert result["reached"]["iteration"] == 2 and result["reached_window"]["iteration"] == 2  # (-14 - 11) / 2 = -12.5
+    assert "a: iteration 2, 4.0 s of training, 20 env steps" in stdout
+    assert png.stat().st_size > 10_000
