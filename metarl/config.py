@@ -54,9 +54,10 @@ class EnvConfig:
     paper's rllab sampler does, so tasks whose episodes end early (a reached goal) get more of them."""
     spare_episodes: int = 0
     """``batch_unit: steps``: episodes per task run beyond ``episodes_per_task`` in the same lockstep
-    round, kept only where a task's first episodes end early and leave steps of its budget (the same
-    episodes as a second round would run, without its horizon of lockstep steps). Spares not needed
-    are discarded and not counted; families whose episodes never end early gain nothing from them."""
+    round, kept in order while a task's budget has room, as a second round's episodes would be, but
+    without that round's horizon of lockstep steps (other random draws, the same distribution).
+    Spares not needed are discarded and not counted; families whose episodes never end early gain
+    nothing from them."""
     workers: int | None = None
     """Parallel stepping. Families with batched physics (HalfCheetah*, Navigation2D) run it on this
     many C threads (default: one per core). Other families step in this many worker processes when

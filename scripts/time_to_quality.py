@@ -103,7 +103,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.window < 1:
         parser.error(f"--window must be at least 1, got {args.window}")
-    results = [result for source in args.runs for result in _load(source, args)]
+    results = []
+    for source in args.runs:
+        try:
+            results += _load(source, args)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(
+                f"cannot read {source} ({error}): give a run directory with metrics.jsonl and checkpoints/, "
+                "or a JSON file written by --out"
+            )
     print(f"\nfirst checkpoint with a return >= {args.threshold} after {args.steps} step(s):")
     for r in results:
         print(f"  {Path(r['run']).name}: {_where(r['reached'])}")

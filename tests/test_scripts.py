@@ -194,3 +194,16 @@ def test_time_to_quality_rereads_its_json_and_plots_the_curves(tmp_path):
     assert result["reached"]["iteration"] == 2 and result["reached_window"]["iteration"] == 2  # (-14 - 11) / 2 = -12.5
     assert "a: iteration 2, 4.0 s of training, 20 env steps" in stdout
     assert png.stat().st_size > 10_000
+
+
+def test_time_to_quality_refuses_what_is_not_a_run_in_one_line(tmp_path):
+    bad = tmp_path / "ttq.json"
+    bad.write_text("garbage")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = str(ROOT / "scripts" / "time_to_quality.py")
+    for source in (bad, tmp_path / "no_run"):
+        result = subprocess.run(
+            [sys.executable, script, str(source), "--threshold", "-1"], capture_output=True, text=True, env=env
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"cannot read {source}" in result.stderr and "a JSON file written by --out" in result.stderr
