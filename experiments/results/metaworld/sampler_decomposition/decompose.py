@@ -1,7 +1,10 @@
-"""One process, alternating: one copy's env.step loop, the sampler's SyncVectorEnv of 40 copies
-with random actions, and metarl's sampler on those 40 copies (4 tasks x 10 episodes, horizon 500).
+"""Where an in-process sampler's time goes on Meta-World, measured in one process, alternating:
+one copy's env.step loop; the sampler's own SyncVectorEnv of 40 copies with random actions; a plain
+loop of env.step over those 40 copies, and over their unwrapped environments; metarl's sampler on
+them (4 tasks x 10 episodes, horizon 500, policy included). Medians of `repeats` rounds, as ratios
+to one copy.
 
-    python experiments/results/metaworld/sampler_decomposition/vecsplit.py reach-v3 4
+    python experiments/results/metaworld/sampler_decomposition/decompose.py reach-v3 4
 """
 
 import json
@@ -41,12 +44,23 @@ def one_copy(steps: int = 4000) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def vector_env(steps: int = 100) -> float:
+def sync_vector(steps: int = 100) -> float:
     vector.reset(seed=1)
     start = time.perf_counter()
     for _ in range(steps):
         vector.step(rng.uniform(-1, 1, (vector.num_envs, 4)).astype(np.float32))
     return steps * vector.num_envs / (time.perf_counter() - start)
+
+
+def loop(envs: list, steps: int = 100) -> float:
+    for env in vector.envs:
+        env.reset(seed=1)
+    start = time.perf_counter()
+    for _ in range(steps):
+        actions = rng.uniform(-1, 1, (len(envs), 4)).astype(np.float32)
+        results = [env.step(action) for env, action in zip(envs, actions, strict=True)]
+        np.stack([result[0] for result in results])
+    return steps * len(envs) / (time.perf_counter() - start)
 
 
 def metarl_sampler() -> float:
@@ -55,17 +69,18 @@ def metarl_sampler() -> float:
     return episodes.num_steps / (time.perf_counter() - start)
 
 
-rates = {"env_step_1_copy": [], "vector_40_random": [], "sampler_40": []}
+measures = {
+    "one_copy": one_copy,
+    "sync_vector_40": sync_vector,
+    "plain_loop_40": lambda: loop(vector.envs),
+    "unwrapped_loop_40": lambda: loop([env.unwrapped for env in vector.envs]),
+    "sampler_40": metarl_sampler,
+}
+rates = {key: [] for key in measures}
 for _ in range(repeats):
-    for key, measure in zip(rates, (one_copy, vector_env, metarl_sampler), strict=True):
+    for key, measure in measures.items():
         rates[key].append(round(measure()))
 medians = {key: float(np.median(values)) for key, values in rates.items()}
-print(
-    name,
-    json.dumps(rates),
-    "medians",
-    medians,
-    f"vector/1copy {medians['vector_40_random'] / medians['env_step_1_copy']:.3f} "
-    f"sampler/vector {medians['sampler_40'] / medians['vector_40_random']:.3f} "
-    f"sampler/1copy {medians['sampler_40'] / medians['env_step_1_copy']:.3f}",
-)
+print(name, json.dumps(rates))
+print("  ratio to one copy:", {key: round(value / medians["one_copy"], 3) for key, value in medians.items()})
+print(f"  sampler / its vector env: {medians['sampler_40'] / medians['sync_vector_40']:.3f}")
