@@ -66,6 +66,7 @@ from metarl.config import Config, config_from_dict, load_config
 from metarl.functional import parameters_of
 from metarl.make import make_env
 from metarl.policies import make_policy
+from metarl.sampler import Sampler
 from metarl.tasks import TaskSplits, ensure_registered
 from metarl.workers import contiguous_slices
 
@@ -181,22 +182,18 @@ def env_step_rates(config: Config, steps: int, copies: int = 1) -> dict[str, flo
 
 def copies_per_worker(config: Config) -> int:
     """How many environment copies each of one-per-core worker processes steps for the config's
-    meta-batch (rounds of `max_copies`), for a family stepped in worker processes; 1 for a natively
-    batched family (its copies are not separate Gymnasium environments)."""
+    meta-batch (the sampler's rounds of at most `max_copies`), for a family stepped in worker
+    processes; 1 for a natively batched family (its copies are not separate Gymnasium environments)."""
     ensure_registered(config.env.id)
     spec = gym.registry.get(config.env.id)
     if spec is None or spec.vector_entry_point is not None:
         return 1
-    env = make_env(config.env.id, config.env.kwargs)
-    max_copies = config.env.max_copies or env.unwrapped.metadata.get("max_copies")
-    env.close()
-    copies = config.outer.tasks_per_batch * config.inner.episodes_per_task
-    per_round = (
-        copies
-        if max_copies is None
-        else max(max_copies // config.inner.episodes_per_task, 1) * config.inner.episodes_per_task
-    )
-    return -(-min(per_round, copies) // CORES)
+    sampler = Sampler.from_config(config)
+    try:
+        tasks = min(sampler.tasks_per_round() or config.outer.tasks_per_batch, config.outer.tasks_per_batch)
+        return -(-tasks * sampler.copies_per_task // CORES)
+    finally:
+        sampler.close()
 
 
 def sampler_rate(config_dict: dict[str, Any], workers: int, backend: str = "local") -> dict[str, float]:

@@ -72,14 +72,17 @@ def time_to_quality(run: Path, threshold: float, steps: int, stop_at_first: bool
         print(f"  {run.name} iteration {iteration:4d}: {mean:8.2f} after {steps} step(s), {point['seconds']:7.1f} s")
         if stop_at_first and first_reaching(curve, threshold, window) is not None:
             break
+    return summary({"run": str(run), "steps": steps, "curve": curve}, threshold, window)
+
+
+def summary(result: dict, threshold: float, window: int) -> dict:
+    """`result` (a run's curve) with its first checkpoint at `threshold` and its first trailing mean there."""
     return {
-        "run": str(run),
+        **result,
         "threshold": threshold,
-        "steps": steps,
-        "reached": first_reaching(curve, threshold),
+        "reached": first_reaching(result["curve"], threshold),
         "window": window,
-        "reached_window": first_reaching(curve, threshold, window),
-        "curve": curve,
+        "reached_window": first_reaching(result["curve"], threshold, window),
     }
 
 
@@ -154,16 +157,7 @@ def plot(results: list[dict], threshold: float, path: Path) -> None:
 def _load(source: Path, args: argparse.Namespace) -> list[dict]:
     """A run directory's result (evaluating its checkpoints), or the results of a JSON file from ``--out``."""
     if source.suffix == ".json":
-        results = json.loads(source.read_text())
-        return [
-            {
-                **r,
-                "reached": first_reaching(r["curve"], args.threshold),
-                "window": args.window,
-                "reached_window": first_reaching(r["curve"], args.threshold, args.window),
-            }
-            for r in results
-        ]
+        return [summary(result, args.threshold, args.window) for result in json.loads(source.read_text())]
     return [time_to_quality(source, args.threshold, args.steps, args.stop_at_first, args.window)]
 
 
