@@ -32,6 +32,7 @@ RESUMABLE_OVERRIDES = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "env.workers",
+    "env.step_in_parent",
     "env.worker_timeout",
     "env.info_metrics",
     "env.max_copies",
@@ -63,6 +64,11 @@ class EnvConfig:
     many C threads (default: one per core). Other families step in this many worker processes when
     it is above 1 (default: in the training process). ``backend: ray``: the number of Ray actors
     (default: one per CPU of the cluster). Results do not depend on it."""
+    step_in_parent: bool = True
+    """With ``workers`` above 1 for a family stepped in worker processes: the training process steps
+    one share of the copies itself, while ``workers - 1`` processes step the others, instead of
+    waiting for them (Meta-World on 2 cores: about 1.2x the env steps/s). ``worker_timeout`` does not
+    cover that share: set false for an environment that may hang. Results do not depend on it."""
     backend: Literal["local", "ray"] = "local"
     """Where episodes are sampled: ``local`` (this machine: batched physics or worker processes) or
     ``ray`` (long-lived actors on a Ray cluster, ``env.workers`` of them, default one per CPU; the

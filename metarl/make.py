@@ -57,6 +57,7 @@ def make_vector_env(
     task_space: Mapping[str, Any] | None = None,
     worker_timeout: float | None = None,
     info_keys: Sequence[str] = (),
+    step_in_parent: bool = False,
 ) -> VectorEnv:
     """``gymnasium.make_vec``: the id's own batched implementation when it registers one, else sync.
 
@@ -67,13 +68,19 @@ def make_vector_env(
     in a next-step-autoreset ``SyncVectorEnv``, or in worker processes when ``workers > 1``.
     `worker_timeout`: seconds a worker process may take to answer before it is an error.
     `info_keys`: the step-info keys worker processes send back (others stay in the workers).
+    `step_in_parent`: with worker processes, this process steps the first share of the copies
+    itself (`WorkerVectorEnv`'s ``parent_slice``).
     """
     ensure_registered(env_id)
     if task_space is not None:
         factory = env_factory(env_id, kwargs, horizon, task_space)
         if workers is not None and workers > 1:
             return WorkerVectorEnv(
-                [factory] * num_envs, min(workers, num_envs), timeout=worker_timeout, info_keys=info_keys
+                [factory] * num_envs,
+                min(workers, num_envs),
+                timeout=worker_timeout,
+                info_keys=info_keys,
+                parent_slice=step_in_parent,
             )
         return SyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
     spec = registry.get(env_id)
@@ -84,7 +91,11 @@ def make_vector_env(
     elif not batched and workers is not None and workers > 1:
         factory = env_factory(env_id, kwargs, horizon)
         return WorkerVectorEnv(
-            [factory] * num_envs, min(workers, num_envs), timeout=worker_timeout, info_keys=info_keys
+            [factory] * num_envs,
+            min(workers, num_envs),
+            timeout=worker_timeout,
+            info_keys=info_keys,
+            parent_slice=step_in_parent,
         )
     return gym.make_vec(env_id, num_envs=num_envs, **dict(kwargs or {}), **extra)
 

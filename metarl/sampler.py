@@ -72,6 +72,8 @@ class Sampler:
             many copies (bounded memory for heavy environments; the family's default
             ``metadata["max_copies"]`` when None, else all B × E copies at once). The episodes are
             those of the all-copies run for the same seed (Gaussian policies).
+        step_in_parent: with worker processes, this process steps one share of the copies itself
+            (``env.step_in_parent``); the same episodes either way.
         info_metrics: step-info keys folded into one number per episode (``Episodes.metrics``):
             key -> aggregation (`metarl.info_metrics`); by default the success rate where steps
             report ``info["success"]``.
@@ -95,11 +97,13 @@ class Sampler:
         info_metrics: Mapping[str, str] | None = None,
         max_copies: int | None = None,
         spare_episodes: int = 0,
+        step_in_parent: bool = True,
     ) -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
         self.info_metrics = dict(DEFAULT_INFO_METRICS if info_metrics is None else info_metrics)
         self.observe_task, self.worker_timeout = observe_task, worker_timeout
         self.workers, self.task_space = workers, task_space
+        self.step_in_parent = step_in_parent
         self.episodes_per_task = episodes_per_task
         # Copies per task in a round: E, plus the spares of a budget in steps.
         self.copies_per_task = episodes_per_task + (spare_episodes if batch_unit == "steps" else 0)
@@ -158,6 +162,7 @@ class Sampler:
             "info_metrics": config.env.info_metrics,
             "max_copies": config.env.max_copies,
             "spare_episodes": config.env.spare_episodes,
+            "step_in_parent": config.env.step_in_parent,
         }
 
     @classmethod
@@ -176,6 +181,7 @@ class Sampler:
         sampler.action_scaling, sampler.action_bound = action_scaling, action_bound
         sampler.device, sampler.batch_unit, sampler.workers = torch.device("cpu"), "episodes", 1
         sampler.task_space, sampler.observe_task, sampler.worker_timeout = None, False, None
+        sampler.step_in_parent = False
         sampler.info_metrics, sampler.max_copies = dict(DEFAULT_INFO_METRICS), None
         sampler.reseed(seed)
         sampler.env, sampler.horizon = env, horizon_of(env, horizon)
@@ -208,6 +214,7 @@ class Sampler:
                     self.task_space,
                     self.worker_timeout,
                     info_keys=tuple(self.info_metrics),
+                    step_in_parent=self.step_in_parent,
                 )
         return self._vector_envs[num_tasks]
 

@@ -3,9 +3,11 @@
 `WorkerVectorEnv` splits ``num_envs`` copies into contiguous slices, one per worker process. Each
 worker runs its slice as a ``gymnasium.vector.SyncVectorEnv`` with next-step autoreset, so the
 results are those of one ``SyncVectorEnv`` over all copies, whatever the number of workers.
-Observations, actions, rewards and done flags travel through shared memory; the pipes carry only
-short commands. A worker that raises or dies is reported as a `WorkerError` naming the worker, its
-copies and the cause, never as a hang.
+With ``parent_slice`` the calling process steps the first slice itself while the processes step
+theirs: on few cores the parent would otherwise sit idle while a worker does that share, and every
+lockstep step would wait for one more process to wake up. Observations, actions, rewards and done
+flags travel through shared memory; the pipes carry only short commands. A worker that raises or
+dies is reported as a `WorkerError` naming the worker, its copies and the cause, never as a hang.
 
 Workers are started with ``spawn``, which re-imports the main module in every worker: a script that
 creates a `WorkerVectorEnv` must keep its top-level code under ``if __name__ == "__main__":``.
@@ -68,6 +70,11 @@ class WorkerVectorEnv(VectorEnv):
         timeout: seconds to wait for a worker's answer, and for its environments to be built at
             start-up (None: as long as it lives).
         info_keys: the step-info keys to send back (numbers per copy; Meta-World's "success").
+        parent_slice: the calling process steps the first slice itself while the workers step
+            theirs (``num_workers - 1`` processes): no wait for a process to wake up and answer
+            for that share, and one process fewer. `timeout` applies to it through ``SIGALRM``,
+            which interrupts Python code (a hang inside one C call is not); so it needs the main
+            thread of a POSIX process, and is ignored elsewhere.
     """
 
     def __init__(
@@ -77,6 +84,7 @@ class WorkerVectorEnv(VectorEnv):
         start_method: str = "spawn",
         timeout: float | None = None,
         info_keys: Sequence[str] = (),
+        parent_slice: bool = False,
     ) -> None:
         num_envs = len(env_fns)
         self.info_keys = tuple(info_keys)
@@ -97,12 +105,18 @@ class WorkerVectorEnv(VectorEnv):
         self._conns: list[Connection] = []
         self._shms: list[SharedMemory] = []
         self._buffers: dict[str, np.ndarray] = {}
-        self._finalizer = weakref.finalize(self, _shutdown, self._processes, self._conns, self._shms, self._buffers)
+        # The parent's own slice (parent_slice): its SyncVectorEnv and its rows of the buffers.
+        self._parent: dict[str, Any] = {}
+        parent_slice = parent_slice and _alarm_available()
+        self._offset = 1 if parent_slice else 0  # slice index of the first worker process
+        self._finalizer = weakref.finalize(
+            self, _shutdown, self._processes, self._conns, self._shms, self._buffers, self._parent
+        )
 
         context = mp.get_context(start_method)
         try:
             with _child_process_settings():
-                for index, (start, stop) in enumerate(self.slices):
+                for index, (start, stop) in enumerate(self.slices[self._offset :], start=self._offset):
                     parent_end, child_end = context.Pipe()
                     process = context.Process(
                         target=_serve,
@@ -121,6 +135,11 @@ class WorkerVectorEnv(VectorEnv):
                     finally:
                         child_end.close()
                     self._processes.append(process)
+            if parent_slice:  # built while the workers build theirs
+                start, stop = self.slices[0]
+                self._parent["envs"] = SyncVectorEnv(
+                    list(env_fns[start:stop]), copy=False, autoreset_mode=AutoresetMode.NEXT_STEP
+                )
             observation_space, action_space = self._start()
         except BaseException:
             self.close()
@@ -131,7 +150,7 @@ class WorkerVectorEnv(VectorEnv):
 
     @property
     def worker_pids(self) -> tuple[int | None, ...]:
-        """Process id of every worker."""
+        """Process id of every worker process (not of the parent, when it steps a slice)."""
         return tuple(process.pid for process in self._processes)
 
     def reset(
@@ -213,6 +232,9 @@ class WorkerVectorEnv(VectorEnv):
         """Wait for the workers' environments, then share the buffers with them."""
         deadline = None if self.timeout is None else time.monotonic() + max(self.timeout, _START_UP_GRACE)
         replies = self._gather("start-up", deadline, progress_timeout=self.timeout)
+        if self._parent:
+            envs = self._parent["envs"]
+            replies = [(envs.single_observation_space, envs.single_action_space), *replies]
         observation_space, action_space = replies[0]
         for index, (obs_space, act_space) in enumerate(replies):
             if obs_space != observation_space or act_space != action_space:
@@ -239,6 +261,9 @@ class WorkerVectorEnv(VectorEnv):
             self._shms.append(shm)
             self._buffers[name] = np.ndarray(shape, dtype, buffer=shm.buf)
             described[name] = (shm.name, shape, dtype.str)
+        if self._parent:
+            start, stop = self.slices[0]
+            self._parent["views"] = {name: buffer[start:stop] for name, buffer in self._buffers.items()}
         self._command("attach", [described] * self.num_workers, fatal=True, patient=True)
         return observation_space, action_space
 
@@ -254,29 +279,50 @@ class WorkerVectorEnv(VectorEnv):
         A dead or silent worker always closes it. `patient`: ignore `timeout`.
         """
         self._check_open()
-        for conn, payload in zip(self._conns, payloads, strict=True):
+        for conn, payload in zip(self._conns, payloads[self._offset :], strict=True):
             with contextlib.suppress(OSError):  # a dead worker is reported by _gather
                 conn.send((command, payload))
         deadline = None if self.timeout is None or patient else time.monotonic() + self.timeout
         try:
-            return self._gather(command, deadline, fatal)
+            parent: list[Any] = []
+            failed = None
+            if self._parent and command != "attach":  # the parent's slice, while the workers run theirs
+                try:
+                    with _alarm(None if patient else self.timeout):
+                        parent.append(_execute(self._parent["envs"], self._parent["views"], command, payloads[0]))
+                except _ParentTimeout:
+                    failed = ("", self._late(0, command, 0), "")
+                except Exception as error:
+                    failed = _remote_error(error)
+            return parent + self._gather(command, deadline, fatal, parent_error=failed)
         except KeyboardInterrupt:
             self.close()  # the workers' answers are left unread: the env cannot go on
             raise
 
     def _gather(
-        self, what: str, deadline: float | None, fatal: bool = True, progress_timeout: float | None = None
+        self,
+        what: str,
+        deadline: float | None,
+        fatal: bool = True,
+        progress_timeout: float | None = None,
+        parent_error: tuple[str, str, str] | None = None,
     ) -> list[Any]:
-        """Every worker's answer; raise a `WorkerError` when one fails, dies or misses its deadline.
+        """Every worker process's answer; raise a `WorkerError` when one fails, dies or misses its
+        deadline, or when the parent's own slice failed (`parent_error`: kind, message, traceback).
 
         A worker may send ``("progress", n)`` before its answer (start-up: after its imports, then
         after building each copy): that moves its deadline to `progress_timeout` seconds from then.
         """
-        answers: list[Any] = [None] * self.num_workers
+        answers: list[Any] = [None] * len(self._processes)
         errors: list[tuple[int, str]] = []
         details: list[str] = []
         dead = False
-        pending = set(range(self.num_workers))
+        if parent_error is not None:  # (kind, message, traceback); no kind: the message is whole (a timeout)
+            kind, message, remote_traceback = parent_error
+            errors.append((-1, f"{self._describe(0)} raised {kind}: {message} (during '{what}')" if kind else message))
+            details.append(f"--- traceback in the parent's slice ---\n{remote_traceback.rstrip()}")
+            dead = not kind  # a hang leaves the parent's copies in an unknown state
+        pending = set(range(len(self._processes)))
         deadlines: dict[int, float | None] = dict.fromkeys(pending, deadline)
         progress: dict[int, int] = dict.fromkeys(pending, -1)  # -1: not started; n: n copies built
         while pending:
@@ -288,7 +334,7 @@ class WorkerVectorEnv(VectorEnv):
                 late = [i for i in sorted(pending) if deadlines[i] is not None and deadlines[i] <= time.monotonic()]
                 if not late:  # woke a moment early
                     continue
-                errors += [(i, self._late(i, what, progress[i])) for i in late]
+                errors += [(i, self._late(i + self._offset, what, progress[i])) for i in late]
                 dead = True
                 break
             for index in sorted(pending):
@@ -308,12 +354,14 @@ class WorkerVectorEnv(VectorEnv):
                     answers[index] = payload
                 elif status == "error":
                     kind, message, remote_traceback = payload
-                    errors.append((index, f"{self._describe(index)} raised {kind}: {message} (during '{what}')"))
-                    details.append(f"--- traceback in worker {index} ---\n{remote_traceback.rstrip()}")
+                    described = self._describe(index + self._offset)
+                    errors.append((index, f"{described} raised {kind}: {message} (during '{what}')"))
+                    details.append(f"--- traceback in worker {index + self._offset} ---\n{remote_traceback.rstrip()}")
                     dead = dead or what == "start-up"
                 else:
                     hint = " (its output, if any, is on stderr)" if what == "start-up" else ""
-                    errors.append((index, f"{self._describe(index)} {self._death(process)} during '{what}'{hint}"))
+                    described = self._describe(index + self._offset)
+                    errors.append((index, f"{described} {self._death(process)} during '{what}'{hint}"))
                     dead = True
         if errors:
             message = "; ".join(text for _, text in sorted(errors))
@@ -339,9 +387,12 @@ class WorkerVectorEnv(VectorEnv):
         )
 
     def _describe(self, index: int) -> str:
+        """Who steps slice `index`: a worker process, or the parent."""
         start, stop = self.slices[index]
         copies = f"copy {start}" if stop - start == 1 else f"copies {start}-{stop - 1}"
-        return f"worker {index} ({copies}, pid {self._processes[index].pid})"
+        if index < self._offset:
+            return f"the parent process ({copies}, pid {os.getpid()})"
+        return f"worker {index} ({copies}, pid {self._processes[index - self._offset].pid})"
 
     @staticmethod
     def _death(process: BaseProcess) -> str:
@@ -384,9 +435,14 @@ def _child_process_settings() -> Iterator[None]:
 
 
 def _shutdown(
-    processes: list[BaseProcess], conns: list[Connection], shms: list[SharedMemory], buffers: dict[str, np.ndarray]
+    processes: list[BaseProcess],
+    conns: list[Connection],
+    shms: list[SharedMemory],
+    buffers: dict[str, np.ndarray],
+    parent: dict[str, Any],
 ) -> None:
-    """Ask the workers to exit, terminate those that do not, then free the shared memory."""
+    """Ask the workers to exit, terminate those that do not, close the parent's slice, then free
+    the shared memory."""
     for conn in conns:
         with contextlib.suppress(OSError):
             conn.send(("close", None))
@@ -404,6 +460,10 @@ def _shutdown(
             process.close()
     for conn in conns:
         conn.close()
+    if "envs" in parent:
+        with contextlib.suppress(Exception):
+            parent["envs"].close()
+    parent.clear()
     buffers.clear()  # views must go before the memory they look into
     for shm in shms:
         with contextlib.suppress(BufferError):
@@ -444,35 +504,14 @@ def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection) -
             if command == "close":
                 return
             try:
-                if command == "step":
-                    obs, rewards, terminated, truncated, infos = envs.step(views["actions"].copy())
-                    views["observations"][...] = obs
-                    views["rewards"][...] = rewards
-                    views["terminated"][...] = terminated
-                    views["truncated"][...] = truncated
-                    answer = _numeric_infos(infos, payload, envs.num_envs)
-                elif command == "reset":
-                    seeds, options, masked = payload
-                    if not masked or options is not None:
-                        obs, _ = envs.reset(seed=seeds, options=options)
-                        views["observations"][...] = obs
-                    answer = None
-                elif command == "get_attr":
-                    answer = envs.get_attr(payload)
-                elif command == "set_attr":
-                    envs.set_attr(*payload)
-                    answer = None
-                elif command == "call":
-                    name, args, kwargs = payload
-                    answer = envs.call(name, *args, **kwargs)
-                elif command == "attach":
+                if command == "attach":
                     for name, (shm_name, shape, dtype) in payload.items():
                         shms.append(SharedMemory(name=shm_name))
                         rows = envs.num_envs
                         views[name] = np.ndarray(shape, np.dtype(dtype), buffer=shms[-1].buf)[start : start + rows]
                     answer = None
                 else:
-                    raise ValueError(f"unknown command {command!r}")
+                    answer = _execute(envs, views, command, payload)
                 conn.send(("ok", answer))
             except Exception as error:
                 conn.send(("error", _remote_error(error)))
@@ -485,6 +524,64 @@ def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection) -
         if envs is not None:
             with contextlib.suppress(Exception):
                 envs.close()
+
+
+class _ParentTimeout(BaseException):
+    """The parent's own slice ran past the timeout (raised by `_alarm`'s signal handler)."""
+
+
+def _alarm_available() -> bool:
+    """Whether `_alarm` can time the parent's slice here: SIGALRM exists and this is the main thread."""
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float | None) -> Iterator[None]:
+    """Raise `_ParentTimeout` in the block after `seconds` (None: no limit; nor outside the main
+    thread, where signals cannot be handled, or when another timer of this process is running,
+    which it would cancel)."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    if seconds is None or not main_thread or signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise _ParentTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _execute(envs: SyncVectorEnv, views: dict[str, np.ndarray], command: str, payload: Any) -> Any:
+    """Run `command` on a slice's copies (in a worker, or in the parent for its own slice); the
+    step and reset results go to the slice's rows of the shared buffers (`views`)."""
+    if command == "step":
+        obs, rewards, terminated, truncated, infos = envs.step(views["actions"].copy())
+        views["observations"][...] = obs
+        views["rewards"][...] = rewards
+        views["terminated"][...] = terminated
+        views["truncated"][...] = truncated
+        return _numeric_infos(infos, payload, envs.num_envs)
+    if command == "reset":
+        seeds, options, masked = payload
+        if not masked or options is not None:
+            obs, _ = envs.reset(seed=seeds, options=options)
+            views["observations"][...] = obs
+        return None
+    if command == "get_attr":
+        return envs.get_attr(payload)
+    if command == "set_attr":
+        envs.set_attr(*payload)
+        return None
+    if command == "call":
+        name, args, kwargs = payload
+        return envs.call(name, *args, **kwargs)
+    raise ValueError(f"unknown command {command!r}")
 
 
 def _numeric_infos(infos: dict[str, Any], keys: Sequence[str], num_envs: int) -> dict[str, Any]:

@@ -50,10 +50,21 @@ class RaisingEnv(gym.Env):
         return np.zeros(2, np.float32), 0.0, False, False, {}
 
 
+class HangingEnv(RaisingEnv):
+    """Stops answering on its `fail_at`-th step."""
+
+    def step(self, action):
+        self._t += 1
+        if self._t >= self.fail_at:
+            time.sleep(3600)
+        return np.zeros(2, np.float32), 0.0, False, False, {}
+
+
 def no_children_left() -> bool:
     return not multiprocessing.active_children()
 
 
+@pytest.mark.parametrize("parent_slice", [False, True])
 @pytest.mark.parametrize(
     ("env_id", "tasks"),
     [
@@ -62,12 +73,13 @@ def no_children_left() -> bool:
         ("MetaRL/HalfCheetahVel-v0", [VelocityTask(0.5 * i) for i in range(5)]),
     ],
 )
-def test_same_results_as_sync_vector_env_across_autoresets(env_id, tasks):
+def test_same_results_as_sync_vector_env_across_autoresets(env_id, tasks, parent_slice):
     factory = env_factory(env_id, horizon=4)
-    workers = WorkerVectorEnv([factory] * 5, num_workers=2)
+    workers = WorkerVectorEnv([factory] * 5, num_workers=2, parent_slice=parent_slice)
     sync = SyncVectorEnv([factory] * 5, autoreset_mode=AutoresetMode.NEXT_STEP)
     try:
         assert workers.slices == ((0, 3), (3, 5))
+        assert len(workers.worker_pids) == (1 if parent_slice else 2)  # copies 0-2 in this process
         assert workers.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
         assert workers.num_envs == 5
         assert workers.single_observation_space == sync.single_observation_space
@@ -104,8 +116,10 @@ def test_same_results_as_sync_vector_env_across_autoresets(env_id, tasks):
     assert no_children_left()
 
 
-def sample_twice(workers: int) -> tuple:
-    sampler = Sampler(SINGLE_NAVIGATION, episodes_per_task=3, horizon=12, seed=5, workers=workers)
+def sample_twice(workers: int, step_in_parent: bool = True) -> tuple:
+    sampler = Sampler(
+        SINGLE_NAVIGATION, episodes_per_task=3, horizon=12, seed=5, workers=workers, step_in_parent=step_in_parent
+    )
     try:
         torch.manual_seed(0)
         policy = GaussianMLPPolicy(2, 2, (8,))
@@ -118,10 +132,12 @@ def sample_twice(workers: int) -> tuple:
 
 def test_sampled_episodes_are_identical_for_one_and_two_workers():
     (one, kind_one), (two, kind_two) = sample_twice(1), sample_twice(2)
+    (processes_only, _) = sample_twice(2, step_in_parent=False)
     assert kind_one is SyncVectorEnv and kind_two is WorkerVectorEnv
-    for a, b in zip(one, two, strict=True):
-        for field in ("observations", "actions", "rewards", "mask", "log_probs"):
-            assert torch.equal(getattr(a, field), getattr(b, field)), field
+    for other in (two, processes_only):
+        for a, b in zip(one, other, strict=True):
+            for field in ("observations", "actions", "rewards", "mask", "log_probs"):
+                assert torch.equal(getattr(a, field), getattr(b, field)), field
     assert one[0].mask[0].sum() < one[0].mask[1].sum()  # the first goal is reached early
     assert not torch.equal(one[0].observations, one[1].observations)  # fresh seeds per call
     assert no_children_left()
@@ -151,6 +167,32 @@ def test_an_exception_in_step_is_reported_with_its_message_and_traceback():
     assert envs.closed and no_children_left()
     with pytest.raises(WorkerError, match="closed after an error: .*boom at step 2"):
         envs.step(np.zeros((3, 2), np.float32))
+
+
+def test_an_exception_in_the_parents_slice_is_reported_as_a_workers_is():
+    envs = WorkerVectorEnv([functools.partial(RaisingEnv, fail_at=2)] * 3, num_workers=2, parent_slice=True)
+    envs.reset(seed=0)
+    envs.step(np.zeros((3, 2), np.float32))
+    with pytest.raises(WorkerError) as error:
+        envs.step(np.zeros((3, 2), np.float32))
+    message = str(error.value)
+    assert f"the parent process (copies 0-1, pid {os.getpid()}) raised ValueError: boom at step 2" in message
+    assert "worker 1 (copy 2," in message and "\n" not in message
+    assert "in step" in error.value.details
+    assert envs.closed and no_children_left()
+
+
+def test_a_hang_in_the_parents_slice_is_an_error_within_the_timeout():
+    envs = WorkerVectorEnv([functools.partial(HangingEnv, fail_at=2)] * 3, 2, timeout=1.0, parent_slice=True)
+    envs.reset(seed=0)
+    envs.step(np.zeros((3, 2), np.float32))
+    start = time.monotonic()
+    with pytest.raises(WorkerError) as error:
+        envs.step(np.zeros((3, 2), np.float32))
+    assert time.monotonic() - start < 10
+    assert "the parent process (copies 0-1, pid" in str(error.value)
+    assert "did not answer 'step' within 1 s (env.worker_timeout)" in str(error.value)
+    assert envs.closed and no_children_left()
 
 
 def test_a_killed_worker_is_reported_not_waited_for():
