@@ -151,47 +151,38 @@ def test_natively_batched_ids_keep_their_own_vector_env():
         envs.close()
 
 
-def test_an_exception_in_step_is_reported_with_its_message_and_traceback():
-    envs = WorkerVectorEnv([functools.partial(RaisingEnv, fail_at=2)] * 3, num_workers=2)
+def second_step_error(env_class: type, **kwargs) -> tuple[WorkerVectorEnv, WorkerError, float]:
+    """Three copies of `env_class` failing at their second step, on two workers: the vector env,
+    the error of that step, and the seconds it took."""
+    envs = WorkerVectorEnv([functools.partial(env_class, fail_at=2)] * 3, num_workers=2, **kwargs)
     envs.reset(seed=0)
     envs.step(np.zeros((3, 2), np.float32))
     start = time.monotonic()
     with pytest.raises(WorkerError) as error:
         envs.step(np.zeros((3, 2), np.float32))
-    assert time.monotonic() - start < 10
-    message = str(error.value)
-    assert "worker 0 (copies 0-1," in message and "worker 1 (copy 2," in message
+    return envs, error.value, time.monotonic() - start
+
+
+@pytest.mark.parametrize("parent_slice", [False, True])
+def test_an_exception_in_step_is_reported_with_its_message_and_traceback(parent_slice):
+    envs, error, seconds = second_step_error(RaisingEnv, parent_slice=parent_slice)
+    assert seconds < 10
+    message = str(error)
+    first = f"the parent process (copies 0-1, pid {os.getpid()})" if parent_slice else "worker 0 (copies 0-1,"
+    assert first in message and "worker 1 (copy 2," in message
     assert "ValueError: boom at step 2" in message and "\n" not in message  # one line, for the CLI
-    assert "in step" in error.value.details  # the remote traceback
+    assert "in step" in error.details  # the remote traceback
     # The copies are out of step after a failed step: the env is closed, and says why.
     assert envs.closed and no_children_left()
     with pytest.raises(WorkerError, match="closed after an error: .*boom at step 2"):
         envs.step(np.zeros((3, 2), np.float32))
 
 
-def test_an_exception_in_the_parents_slice_is_reported_as_a_workers_is():
-    envs = WorkerVectorEnv([functools.partial(RaisingEnv, fail_at=2)] * 3, num_workers=2, parent_slice=True)
-    envs.reset(seed=0)
-    envs.step(np.zeros((3, 2), np.float32))
-    with pytest.raises(WorkerError) as error:
-        envs.step(np.zeros((3, 2), np.float32))
-    message = str(error.value)
-    assert f"the parent process (copies 0-1, pid {os.getpid()}) raised ValueError: boom at step 2" in message
-    assert "worker 1 (copy 2," in message and "\n" not in message
-    assert "in step" in error.value.details
-    assert envs.closed and no_children_left()
-
-
 def test_a_hang_in_the_parents_slice_is_an_error_within_the_timeout():
-    envs = WorkerVectorEnv([functools.partial(HangingEnv, fail_at=2)] * 3, 2, timeout=1.0, parent_slice=True)
-    envs.reset(seed=0)
-    envs.step(np.zeros((3, 2), np.float32))
-    start = time.monotonic()
-    with pytest.raises(WorkerError) as error:
-        envs.step(np.zeros((3, 2), np.float32))
-    assert time.monotonic() - start < 10
-    assert "the parent process (copies 0-1, pid" in str(error.value)
-    assert "did not answer 'step' within 1 s (env.worker_timeout)" in str(error.value)
+    envs, error, seconds = second_step_error(HangingEnv, timeout=1.0, parent_slice=True)
+    assert seconds < 10
+    assert "the parent process (copies 0-1, pid" in str(error)
+    assert "did not answer 'step' within 1 s (env.worker_timeout)" in str(error)
     assert envs.closed and no_children_left()
 
 
