@@ -67,8 +67,9 @@ class EnvConfig:
     step_in_parent: bool = True
     """With ``workers`` above 1 for a family stepped in worker processes: the training process steps
     one share of the copies itself, while ``workers - 1`` processes step the others, instead of
-    waiting for them (Meta-World on 2 cores: about 1.2x the env steps/s). ``worker_timeout`` does not
-    cover that share: set false for an environment that may hang. Results do not depend on it."""
+    waiting for them (Meta-World on 2 cores: 0.98-1.47x the env steps/s, one process less memory).
+    ``worker_timeout`` covers that share through SIGALRM, which stops Python code but not one endless
+    C call: set false for an environment that may hang there. Results do not depend on it."""
     backend: Literal["local", "ray"] = "local"
     """Where episodes are sampled: ``local`` (this machine: batched physics or worker processes) or
     ``ray`` (long-lived actors on a Ray cluster, ``env.workers`` of them, default one per CPU; the
