@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Categorical, Distribution, Independent, Normal
 
 Params = dict[str, Tensor]
 
@@ -22,8 +22,28 @@ def parameters_of(module: nn.Module) -> Params:
 
 
 def distribution(policy: nn.Module, params: Params, observations: Tensor) -> Distribution:
-    """Evaluate `policy` with `params` instead of its own parameters; the module is unchanged."""
+    """Evaluate `policy` with `params` instead of its own parameters; the module is unchanged.
+
+    metarl's policies take the parameters directly (``forward_with``); any other module is
+    evaluated through ``torch.func.functional_call``.
+    """
+    forward_with = getattr(policy, "forward_with", None)
+    if forward_with is not None:
+        return forward_with(params, observations)
     return torch.func.functional_call(policy, params, (observations,))
+
+
+def detach_distribution(pi: Distribution) -> Distribution | None:
+    """`pi` cut from the autograd graph (the same values); None for a kind metarl's policies do not
+    return (the caller evaluates the policy again instead)."""
+    if isinstance(pi, Independent):
+        base = detach_distribution(pi.base_dist)
+        return None if base is None else Independent(base, pi.reinterpreted_batch_ndims)
+    if isinstance(pi, Normal):
+        return Normal(pi.loc.detach(), pi.scale.detach())
+    if isinstance(pi, Categorical):
+        return Categorical(logits=pi.logits.detach())
+    return None
 
 
 def per_task(params: Params, num_tasks: int) -> Params:

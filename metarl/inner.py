@@ -211,13 +211,14 @@ class InnerLoop:
         With ``create_graph=True`` the result is differentiable in `params` (and in a learned α).
         `lr` overrides the step size (evaluation's later, smaller steps).
         """
-        adapted, losses, _ = self._step(policy, params, episodes, create_graph=create_graph, lr=lr)
+        adapted, losses, _ = self.step_with_policy(policy, params, episodes, create_graph=create_graph, lr=lr)
         return adapted, losses
 
-    def _step(
+    def step_with_policy(
         self, policy: nn.Module, params: Params, episodes: Episodes, *, create_graph: bool, lr: StepSize | None = None
     ) -> tuple[Params, Tensor, Distribution]:
-        """`step`, and π_params on the episodes' observations that its loss evaluated."""
+        """`step`, and π_params on the episodes' observations that its loss evaluated (part of
+        the step's graph: `detach_distribution` it to keep it)."""
         lr = self.lr if lr is None else lr
         # Called under no_grad, or with parameters that do not require grad: θ is a constant here.
         constant = not torch.is_grad_enabled()
@@ -253,7 +254,7 @@ class InnerLoop:
         evaluating the policy again (ProMP's KL penalty)."""
         path, policies = [params], []
         for episodes in inner_episodes:
-            params, _, pi = self._step(policy, params, episodes, create_graph=create_graph)
+            params, _, pi = self.step_with_policy(policy, params, episodes, create_graph=create_graph)
             path.append(params)
             policies.append(pi)
         return path, policies

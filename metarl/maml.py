@@ -28,7 +28,7 @@ from torch.distributions import Distribution, kl_divergence
 
 from metarl.config import AdvantageConfig
 from metarl.episodes import Episodes
-from metarl.functional import Params, detach, distribution, flat, parameters_of, per_task
+from metarl.functional import Params, detach, detach_distribution, distribution, flat, parameters_of, per_task
 from metarl.inner import InnerLoop, check_finite, estimate_advantages
 from metarl.returns import masked_mean
 from metarl.sampler import Sampler
@@ -52,12 +52,22 @@ class MetaBatch:
     inner_losses: tuple[Tensor, ...] = ()
     # Info metrics (e.g. success) per task [B] after 0, 1, …, len(inner) steps: `Episodes.mean_metrics`.
     metrics: tuple[dict[str, Tensor], ...] = ()
+    # π_θ^(k) on inner step k's observations, as each inner step evaluated them (detached; None
+    # where the policy's distribution cannot be detached).
+    inner_policies: tuple[Distribution | None, ...] = ()
 
     def adaptation_at(self, policy: nn.Module, inner: InnerLoop) -> list[Params] | None:
         """θ^(0), θ^(1), …, θ' per task if the batch was sampled with the current meta-parameters, else None."""
         if self.sampled_with is None or not torch.equal(meta_parameters_flat(policy, inner), self.sampled_with):
             return None
         return [per_task(detach(parameters_of(policy)), len(self.tasks)), *self.adapted]
+
+    def inner_policies_at(self, policy: nn.Module, inner: InnerLoop) -> list[Distribution] | None:
+        """π_θ^(k) on every inner step's observations if the batch was sampled with the current
+        meta-parameters (and the policies were recorded), else None."""
+        if not self.inner_policies or any(pi is None for pi in self.inner_policies):
+            return None
+        return list(self.inner_policies) if self.adaptation_at(policy, inner) is not None else None
 
 
 def meta_parameters_flat(policy: nn.Module, inner: InnerLoop) -> Tensor:
@@ -85,12 +95,13 @@ def sample_meta_batch(
 
     sampled_with = meta_parameters_flat(policy, inner).clone()
     params = per_task(detach(parameters_of(policy)), len(tasks))
-    inner_episodes, returns, adapted, inner_losses = [], [], [], []
+    inner_episodes, returns, adapted, inner_losses, inner_policies = [], [], [], [], []
     for _ in range(steps):
         episodes, mean_returns = sample_with(params)
         start = time.perf_counter()
-        params, losses = inner.step(policy, params, episodes, create_graph=False)
+        params, losses, pi = inner.step_with_policy(policy, params, episodes, create_graph=False)
         params = detach(params)
+        inner_policies.append(detach_distribution(pi))
         check_finite("adapted parameters after the inner step", params, tasks)
         timings["adapt_s"] += time.perf_counter() - start
         inner_episodes.append(episodes)
@@ -109,6 +120,7 @@ def sample_meta_batch(
         adapted=tuple(adapted),
         inner_losses=tuple(inner_losses),
         metrics=tuple(metrics),
+        inner_policies=tuple(inner_policies),
     )
 
 

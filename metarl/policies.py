@@ -3,6 +3,10 @@
 Both accept parameters with a leading task dimension (``weight: [B, out, in]``, observations
 ``[B, ...rows, in]``), in which case every task is evaluated with its own parameters in one
 batched matrix product. That is how the sampler runs all tasks in a single forward pass.
+
+``forward_with(params, observations)`` evaluates a policy with explicit parameters (named as in
+``named_parameters()``): the same arithmetic as ``torch.func.functional_call``, without swapping
+the module's tensors on every call (about 75 µs of the sampler's per-step work).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from metarl.config import PolicyConfig
+
+Params = dict[str, Tensor]
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 
@@ -42,15 +48,21 @@ class MLP(nn.Module):
         sizes = [in_dim, *hidden_sizes, out_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True))
         self.activation = activation
+        self.names = [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(len(self.layers))]
         for layer in self.layers:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with(dict(self.named_parameters()), x)
+
+    def forward_with(self, params: Params, x: Tensor, prefix: str = "") -> Tensor:
+        """The trunk with ``params[prefix + name]`` for each of its parameters."""
         act = ACTIVATIONS[self.activation]
-        for i, layer in enumerate(self.layers):
-            x = linear(x, layer.weight, layer.bias)
-            if i < len(self.layers) - 1:
+        last = len(self.names) - 1
+        for i, (weight, bias) in enumerate(self.names):
+            x = linear(x, params[prefix + weight], params[prefix + bias])
+            if i < last:
                 x = act(x)
         return x
 
@@ -73,8 +85,12 @@ class GaussianMLPPolicy(nn.Module):
         self.min_log_std = math.log(min_std)
 
     def forward(self, observations: Tensor) -> Distribution:
-        mean = self.mean(observations)
-        log_std = self.log_std.clamp(min=self.min_log_std)
+        return self.forward_with(dict(self.named_parameters()), observations)
+
+    def forward_with(self, params: Params, observations: Tensor) -> Distribution:
+        """π(·|observations) with `params` instead of the module's own (see the module docstring)."""
+        mean = self.mean.forward_with(params, observations, "mean.")
+        log_std = params["log_std"].clamp(min=self.min_log_std)
         if log_std.dim() == 2:  # one log-std per task: broadcast over that task's rows
             log_std = log_std.reshape(log_std.shape[0], *([1] * (mean.dim() - 2)), log_std.shape[1])
         return Independent(Normal(mean, log_std.exp()), 1)
@@ -90,7 +106,11 @@ class CategoricalMLPPolicy(nn.Module):
         self.logits = MLP(obs_dim, num_actions, hidden_sizes, activation)
 
     def forward(self, observations: Tensor) -> Distribution:
-        return Categorical(logits=self.logits(observations))
+        return self.forward_with(dict(self.named_parameters()), observations)
+
+    def forward_with(self, params: Params, observations: Tensor) -> Distribution:
+        """π(·|observations) with `params` instead of the module's own (see the module docstring)."""
+        return Categorical(logits=self.logits.forward_with(params, observations, "logits."))
 
 
 def make_policy(observation_space: gym.Space, action_space: gym.Space, config: PolicyConfig | None = None) -> nn.Module:

@@ -32,7 +32,7 @@ from metarl.errors import CheckpointError, ConfigError, NonFiniteError, RunDirEr
 from metarl.inner import InnerLoop, LearnedStepSizes
 from metarl.logger import RunLogger
 from metarl.maml import MetaBatch, sample_meta_batch
-from metarl.memory import check_training_memory
+from metarl.memory import check_training_memory, reuse_freed_memory
 from metarl.outer import OuterAlgorithm, make_algorithm
 from metarl.policies import make_policy
 from metarl.rundir import RunDirectory, default_run_name, describe_os_error, resume_command
@@ -108,6 +108,8 @@ def build_training(config: Config) -> TrainingState:
     first iteration. Raises `ConfigError` for a run that cannot fit in memory. The caller closes
     ``state.sampler``."""
     torch.manual_seed(config.train.seed)
+    if config.train.reuse_freed_memory:
+        reuse_freed_memory()
     inner_steps, episodes_per_task = config.inner.steps, config.inner.episodes_per_task
     if config.train.algo != "maml":
         # The baselines take no inner step; each iteration samples as many episodes per task as

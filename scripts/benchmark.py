@@ -36,8 +36,9 @@ per core, a local Ray instance or ``RAY_ADDRESS``), with the bytes Ray moves and
 
 measures instead how runs share the machine: ``metarl train`` alone, then two copies started
 together (as a researcher runs two seeds), with metarl's setting of idle OpenMP threads (they
-sleep) and with spinning threads (``OMP_WAIT_POLICY=ACTIVE``, torch's default before metarl set
-it); seconds per iteration (median after the first) and the slowdown of each run.
+sleep, ``OMP_WAIT_POLICY=PASSIVE``), with a short spin before sleeping (``GOMP_SPINCOUNT=10000``)
+and with spinning threads (``OMP_WAIT_POLICY=ACTIVE``); seconds per iteration (median after the
+first) and the slowdown of each run.
 """
 
 from __future__ import annotations
@@ -361,15 +362,25 @@ def in_child_process(func: Any, *args: Any) -> Any:
         return json.loads(Path(path).read_text())
 
 
+# How idle OpenMP threads wait, as `--side-by-side` compares them: metarl's default (sleep, see
+# metarl/__init__.py), a short spin before sleeping (GNU OpenMP's spin count), spinning.
+WAIT_POLICIES = {
+    "PASSIVE": ("metarl (idle threads sleep)", {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "SPIN_10000": ("spin 10,000 turns, sleep", {"GOMP_SPINCOUNT": "10000"}),
+    "ACTIVE": ("idle threads spin", {"OMP_WAIT_POLICY": "ACTIVE"}),
+}
+
+
 def train_side_by_side(
-    config: str, overrides: list[str], iterations: int, copies: int, wait_policy: str
+    config: str, overrides: list[str], iterations: int, copies: int, wait: dict[str, str]
 ) -> list[float]:
     """Median seconds per iteration (after the first) of `copies` ``metarl train`` processes started together."""
     with tempfile.TemporaryDirectory() as logdir:
         command = [sys.executable, "-m", "metarl", "train", config, "--logdir", logdir, "--no-progress"]
         command += ["--iterations", str(iterations), "--set", f"train.checkpoint_every={iterations + 1}"]
         command += [x for o in overrides for x in ("--set", o)]
-        environment = {**os.environ, "OMP_WAIT_POLICY": wait_policy}
+        environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+        environment.update(wait)
         processes = [
             subprocess.Popen([*command, "--run-name", f"run{i}"], env=environment, stdout=subprocess.DEVNULL)
             for i in range(copies)
@@ -385,20 +396,23 @@ def train_side_by_side(
 
 
 def side_by_side(args: argparse.Namespace) -> None:
-    """One training alone and two at once, with sleeping and with spinning idle threads."""
+    """One training alone and two at once, for each way idle OpenMP threads may wait."""
     print(f"{args.config}: metarl train alone and two at once, {args.iterations} iterations, {CORES} cores")
     result: dict[str, Any] = {"config": args.config, "overrides": args.set, "cores": CORES, "runs": {}}
-    for policy, label in (("PASSIVE", "metarl (idle threads sleep)"), ("ACTIVE", "idle threads spin")):
-        alone = train_side_by_side(args.config, args.set, args.iterations, 1, policy)[0]
-        pair = train_side_by_side(args.config, args.set, args.iterations, 2, policy)
+    for policy, (label, wait) in WAIT_POLICIES.items():
+        alone = train_side_by_side(args.config, args.set, args.iterations, 1, wait)[0]
+        pair = train_side_by_side(args.config, args.set, args.iterations, 2, wait)
         result["runs"][policy] = {"alone_s": alone, "two_at_once_s": pair, "slowdown": [t / alone for t in pair]}
         print(
             f"  {label:<28} alone {alone:6.2f} s/it   two at once {pair[0]:6.2f}, {pair[1]:6.2f} s/it   "
             f"slowdown {max(pair) / alone:.2f}x"
         )
     runs = result["runs"]
-    result["single_run_passive_over_active"] = runs["PASSIVE"]["alone_s"] / runs["ACTIVE"]["alone_s"]
-    print(f"  one run alone, sleeping / spinning idle threads: {result['single_run_passive_over_active']:.2f}")
+    result["single_run_over_spinning"] = {p: runs[p]["alone_s"] / runs["ACTIVE"]["alone_s"] for p in runs}
+    print(
+        "  one run alone, over spinning idle threads: "
+        + ", ".join(f"{p} {r:.2f}" for p, r in result["single_run_over_spinning"].items())
+    )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
@@ -414,7 +428,9 @@ def compare_algorithms(args: argparse.Namespace) -> None:
         config = load_config(args.config, [*args.set, f"outer.algo={algo}", *settings])
         results[name] = in_child_process(meta_iterations, config.to_dict(), args.iterations, False)
     first = names[0]
+    waiting = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT") if k in os.environ}
     print(f"{args.config}: meta-iteration by outer algorithm, median of {max(args.iterations - 1, 1)} (seconds)")
+    print("  idle OpenMP threads: " + " ".join(f"{k}={v}" for k, v in waiting.items()))
     width = max(12, *(len(n) + 2 for n in names))
     print(f"  {'phase':<22}" + "".join(f"{n:>{width}}" for n in names))
     for phase in ("iteration_s", "sample_s", "advantages_s", "adapt_s", "outer_s", *PHASES[3:6], "log_s"):
@@ -424,7 +440,8 @@ def compare_algorithms(args: argparse.Namespace) -> None:
     print("  iteration / " + first + ": " + ", ".join(f"{n} {r:.2f}" for n, r in ratios.items()))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        summary = {"config": args.config, "overrides": args.set, "cores": CORES, "algorithms": results}
+        summary = {"config": args.config, "overrides": args.set, "cores": CORES, "openmp_waiting": waiting}
+        summary["algorithms"] = results
         args.out.write_text(json.dumps({**summary, "ratios_to_first": ratios}, indent=1))
         print(f"\nwritten to {args.out}")
 

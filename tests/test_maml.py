@@ -127,6 +127,19 @@ def navigation_batch():
     return policy, batch
 
 
+def test_the_inner_policies_recorded_while_sampling_are_those_of_theta(navigation_batch):
+    """ProMP's sampling policies come from the meta-batch while θ is unchanged: bit for bit the
+    policy at θ on the pre-adaptation observations, cut from the graph; none once θ has moved."""
+    policy, batch = navigation_batch
+    (recorded,) = batch.inner_policies_at(policy, InnerLoop(0.5))
+    with torch.no_grad():
+        direct = distribution(policy, per_task(detach(parameters_of(policy)), 4), batch.inner[0].observations)
+    assert torch.equal(recorded.mean, direct.mean) and torch.equal(recorded.stddev, direct.stddev)
+    assert not recorded.mean.requires_grad
+    moved = GaussianMLPPolicy(2, 2, (16, 16), "tanh")
+    assert batch.inner_policies_at(moved, InnerLoop(0.5)) is None
+
+
 def test_sampler_and_meta_loss_adapt_identically(navigation_batch):
     policy, batch = navigation_batch
     adapted = adapted_parameters(policy, batch, InnerLoop(0.5), create_graph=True)

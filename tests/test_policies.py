@@ -17,6 +17,24 @@ def test_functional_call_equals_module():
     torch.testing.assert_close(functional.stddev, torch.full((5, 2), 0.5))
 
 
+def test_forward_with_equals_functional_call_bit_for_bit():
+    """`distribution` evaluates metarl's policies through ``forward_with``: the same values and
+    gradients (also second order) as ``torch.func.functional_call``."""
+    torch.manual_seed(3)
+    for policy in (GaussianMLPPolicy(3, 2, (8, 8), "relu"), CategoricalMLPPolicy(3, 4, (8,), "tanh")):
+        theta = per_task(parameters_of(policy), 4)
+        params = {k: (v + 0.1 * torch.randn_like(v)).requires_grad_() for k, v in theta.items()}
+        obs, results = torch.randn(4, 6, 3), []
+        actions = policy(obs).sample()
+        for evaluate in (distribution, lambda m, p, o: torch.func.functional_call(m, p, (o,))):
+            loss = evaluate(policy, params, obs).log_prob(actions).square().sum()
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            second = torch.autograd.grad(sum(g.square().sum() for g in grads), list(params.values()))
+            results.append([loss, *grads, *second])
+        for a, b in zip(*results, strict=True):
+            assert torch.equal(a, b)
+
+
 def test_per_task_parameters_equal_a_loop_over_tasks():
     torch.manual_seed(1)
     for policy in (GaussianMLPPolicy(3, 2, (8,), "relu"), CategoricalMLPPolicy(3, 4, (8,), "tanh")):

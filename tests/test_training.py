@@ -1,6 +1,7 @@
 """End-to-end training: reproducibility, the outer optimisers, learning, and the robot-facing API."""
 
 import json
+import platform
 
 import gymnasium as gym
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 import metarl
 from metarl.config import load_config
+from metarl.memory import reuse_freed_memory
 
 
 def run(tmp_path, name, *overrides):
@@ -107,3 +109,8 @@ def test_training_tasks_are_logged_and_disjoint_from_the_test_tasks(tmp_path):
     assert len(train_goals) == 9  # 3 iterations x 3 tasks, all distinct
     test_goals = {tuple(task["goal"]) for task in json.loads((run_dir / "test_tasks.json").read_text())}
     assert len(test_goals) == 4 and not train_goals & test_goals
+
+
+def test_the_allocator_keeps_freed_memory_on_glibc():
+    """``train.reuse_freed_memory`` takes effect where glibc's malloc runs (Linux here and in CI)."""
+    assert reuse_freed_memory() == (platform.libc_ver()[0] == "glibc")

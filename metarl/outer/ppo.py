@@ -56,9 +56,9 @@ class PPO:
         (`InnerLoop.adaptation`; ProMP's KL penalty); none here."""
         return None
 
-    def finish(self, batch: MetaBatch, prepared: Any, path: list[Params], stats: dict[str, float]) -> None:
-        """After the epochs, given the adaptation path at the new θ: add statistics, adapt
-        coefficients (ProMP); nothing here."""
+    def finish(self, batch: MetaBatch, prepared: Any, policies: list[Distribution], stats: dict[str, float]) -> None:
+        """After the epochs, given π_θ^(k) on every inner step's observations at the new θ: add
+        statistics, adapt coefficients (ProMP); nothing here."""
 
     def step(self, batch: MetaBatch) -> dict[str, float]:
         """`epochs` Adam steps on the clipped meta-objective (Alg. 3, line 10); returns statistics."""
@@ -90,7 +90,7 @@ class PPO:
                 grad_norms.append(flat([p.grad for p in self.parameters]).norm().item())
             self.optimizer.step()
             check_finite("parameters after the outer step", self.parameters)
-        path = self.current_path(batch)  # at the new θ
+        path, inner_policies = self._adaptation(batch, create_graph=False)  # at the new θ
         with torch.no_grad():
             pi = distribution(policy, path[-1], batch.outer.observations)
             loss_after = surrogate_loss(policy, path[-1], batch.outer, pi).item()
@@ -103,7 +103,7 @@ class PPO:
             **outer_statistics(policy, batch, old_pi),
             "optim/grad_norm": grad_norms[0],
         }
-        self.finish(batch, prepared, path, stats)
+        self.finish(batch, prepared, inner_policies, stats)
         return stats
 
     def current_path(self, batch: MetaBatch) -> list[Params]:
@@ -115,9 +115,15 @@ class PPO:
         with torch.no_grad():
             return [detach(p) for p in self.inner.adaptation_path(self.policy, theta, batch.inner, create_graph=False)]
 
-    def _adaptation(self, batch: MetaBatch) -> tuple[list[Params], list[Distribution]]:
+    def _adaptation(self, batch: MetaBatch, create_graph: bool = True) -> tuple[list[Params], list[Distribution]]:
         """θ^(0) = θ, θ^(1), …, θ' per task, differentiable in θ (second order unless first-order),
-        and π_θ^(k) on every inner step's observations (`InnerLoop.adaptation`)."""
+        and π_θ^(k) on every inner step's observations (`InnerLoop.adaptation`). Without
+        `create_graph`: constants (statistics at the current θ)."""
+        if not create_graph:
+            theta = per_task(detach(parameters_of(self.policy)), len(batch.tasks))
+            with torch.no_grad():
+                path, policies = self.inner.adaptation(self.policy, theta, batch.inner, create_graph=False)
+            return [detach(p) for p in path], policies
         theta = per_task(parameters_of(self.policy), len(batch.tasks))
         return self.inner.adaptation(self.policy, theta, batch.inner, create_graph=not self.inner.first_order)
 

@@ -57,11 +57,11 @@ class ProMP(PPO):
         return sum((coef * kl for coef, kl in zip(self.kl_coefs, kls, strict=True)), torch.zeros(()))
 
     def finish(
-        self, batch: MetaBatch, prepared: list[Distribution], path: list[Params], stats: dict[str, float]
+        self, batch: MetaBatch, prepared: list[Distribution], policies: list[Distribution], stats: dict[str, float]
     ) -> None:
         """The inner KLs after the epochs, and the coefficients (adapted to them when ``outer.adaptive_kl``)."""
         with torch.no_grad():
-            kls = [kl.item() for kl in inner_kls(batch, self._policies(batch, path), prepared)]
+            kls = [kl.item() for kl in inner_kls(batch, policies, prepared)]
         stats["policy/inner_kl"] = sum(kls) / max(len(kls), 1)
         stats["optim/kl_coef"] = sum(self.kl_coefs) / max(len(self.kl_coefs), 1)
         if self.config.adaptive_kl:
@@ -69,7 +69,11 @@ class ProMP(PPO):
             self.kl_coefs = [adapt_kl_coef(coef, kl, target) for coef, kl in zip(self.kl_coefs, kls, strict=True)]
 
     def _inner_policies(self, batch: MetaBatch) -> list[Distribution]:
-        """π_θ^(k) on inner step k's observations, at the current θ (constants)."""
+        """π_θ^(k) on inner step k's observations, at the current θ (constants): as sampling's
+        inner steps evaluated them, while θ is unchanged."""
+        recorded = batch.inner_policies_at(self.policy, self.inner)
+        if recorded is not None:
+            return recorded
         with torch.no_grad():
             return self._policies(batch, self.current_path(batch))
 
