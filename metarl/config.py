@@ -198,8 +198,9 @@ class TrainConfig:
     count, and resuming with another continues on a slightly different path."""
     reuse_freed_memory: bool = True
     """Let the allocator (glibc's malloc) keep freed activation-sized blocks for the next iteration
-    instead of returning them to the kernel and faulting them in again (`metarl.memory.reuse_freed_memory`;
-    about 10% of a 2D-navigation ProMP iteration). The process then keeps the memory of its peak."""
+    instead of returning them to the kernel and faulting them in again (`metarl.memory.reuse_freed_memory`:
+    2D navigation's MAML-TRPO iteration 1.7x faster, ProMP's 1.2x; the same numbers). The process then
+    keeps the memory of its peak."""
     checkpoint_every: int = 50
     """Write ``checkpoints/iter_<N>.pt`` every this many iterations (a killed run loses at most these)."""
     keep_checkpoints: int = 3

@@ -51,12 +51,12 @@ def reuse_freed_memory() -> bool:
 
     A meta-iteration allocates and frees the same activation-sized tensors (megabytes each) again
     and again. glibc serves such blocks with ``mmap`` at first and gives the top of its heap back
-    to the kernel once 128 KiB of it is free, so each new tensor faults in zeroed pages afresh: on
-    2D navigation's ProMP (3 bfloat16 epochs) that was 0.07–0.13 s of system time and 20–35k page
-    faults per 0.55–0.60 s iteration, against 0.01–0.02 s and 5–9k with this setting (0.50 s per
-    iteration; `experiments/results/benchmark/allocator/`). The process keeps the memory of its
-    peak instead of shrinking between iterations; the peak itself does not grow. Process-wide, on
-    glibc only; returns whether it took effect (elsewhere nothing changes).
+    to the kernel once 128 KiB of it is free, so each new tensor faults in zeroed pages afresh.
+    At 2D navigation's paper sizes this took MAML-TRPO from 3.05 to 1.76 s per iteration and ProMP
+    (3 bfloat16 epochs) from 0.62 to 0.51 s, with the same numbers
+    (`experiments/results/benchmark/allocator/`). The process keeps the memory of its peak instead
+    of shrinking between iterations. Process-wide, on glibc only; returns whether it took effect
+    (elsewhere nothing changes).
     """
     name = ctypes.util.find_library("c")
     try:
