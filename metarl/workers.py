@@ -120,7 +120,7 @@ class WorkerVectorEnv(VectorEnv):
                     parent_end, child_end = context.Pipe()
                     process = context.Process(
                         target=_serve,
-                        args=(list(env_fns[start:stop]), start, child_end),
+                        args=(list(env_fns[start:stop]), start, child_end, self.info_keys),
                         name=f"metarl-worker-{index}",
                         daemon=True,
                     )
@@ -137,9 +137,7 @@ class WorkerVectorEnv(VectorEnv):
                     self._processes.append(process)
             if parent_slice:  # built while the workers build theirs
                 start, stop = self.slices[0]
-                self._parent["envs"] = SyncVectorEnv(
-                    list(env_fns[start:stop]), copy=False, autoreset_mode=AutoresetMode.NEXT_STEP
-                )
+                self._parent["envs"] = KeyedSyncVectorEnv(list(env_fns[start:stop]), self.info_keys)
             observation_space, action_space = self._start()
         except BaseException:
             self.close()
@@ -475,10 +473,26 @@ def _shutdown(
     shms.clear()
 
 
-def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection) -> None:
+class KeyedSyncVectorEnv(SyncVectorEnv):
+    """A slice's next-step-autoreset ``SyncVectorEnv`` that gathers only the step-info keys sent back.
+
+    ``SyncVectorEnv`` folds every key of every copy's info into arrays with masks: for Meta-World's
+    eight keys that was 0.2–1.5 ms of a 4–6 ms step of 20 copies, for values nobody reads.
+    """
+
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], info_keys: Sequence[str]) -> None:
+        super().__init__(list(env_fns), copy=False, autoreset_mode=AutoresetMode.NEXT_STEP)
+        self.info_keys = frozenset(info_keys)
+
+    def _add_info(self, vector_infos: dict[str, Any], env_info: dict[str, Any], env_num: int) -> dict[str, Any]:
+        kept = {key: value for key, value in env_info.items() if key in self.info_keys}
+        return super()._add_info(vector_infos, kept, env_num)
+
+
+def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection, info_keys: Sequence[str] = ()) -> None:
     """A worker: build the slice, report its spaces, then answer commands until "close" or EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    envs: SyncVectorEnv | None = None
+    envs: KeyedSyncVectorEnv | None = None
     shms: list[SharedMemory] = []
     views: dict[str, np.ndarray] = {}
     try:
@@ -492,9 +506,7 @@ def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection) -
             for env_fn in env_fns:  # one at a time, so that a constructor that hangs is caught
                 built.append(env_fn())
                 conn.send(("progress", len(built)))
-            envs = SyncVectorEnv(
-                [functools.partial(_built, env) for env in built], copy=False, autoreset_mode=AutoresetMode.NEXT_STEP
-            )
+            envs = KeyedSyncVectorEnv([functools.partial(_built, env) for env in built], info_keys)
             conn.send(("ok", (envs.single_observation_space, envs.single_action_space)))
         except Exception as error:
             conn.send(("error", _remote_error(error)))
@@ -557,7 +569,7 @@ def _alarm(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def _execute(envs: SyncVectorEnv, views: dict[str, np.ndarray], command: str, payload: Any) -> Any:
+def _execute(envs: KeyedSyncVectorEnv, views: dict[str, np.ndarray], command: str, payload: Any) -> Any:
     """Run `command` on a slice's copies (in a worker, or in the parent for its own slice); the
     step and reset results go to the slice's rows of the shared buffers (`views`)."""
     if command == "step":

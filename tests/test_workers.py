@@ -21,7 +21,7 @@ from metarl.functional import parameters_of
 from metarl.make import env_factory, make_vector_env
 from metarl.policies import GaussianMLPPolicy
 from metarl.sampler import Sampler
-from metarl.workers import WorkerVectorEnv
+from metarl.workers import KeyedSyncVectorEnv, WorkerVectorEnv
 
 # Navigation without its batched implementation, so that workers > 1 takes the worker path.
 SINGLE_NAVIGATION = "MetaRLTest/Navigation2DSingle-v0"
@@ -247,3 +247,30 @@ def test_the_start_up_deadline_applies_to_each_copy_not_to_the_whole_slice():
     finally:
         envs.close()
     assert no_children_left()
+
+
+def test_a_slice_gathers_only_the_info_keys_sent_back():
+    """Workers and the parent's slice fold only `info_keys` into arrays: the same values and masks
+    as ``SyncVectorEnv`` for those keys, and the same observations and rewards."""
+    factory = env_factory("HalfCheetah-v5", {}, 5)
+    full = SyncVectorEnv([factory] * 3, copy=False, autoreset_mode=AutoresetMode.NEXT_STEP)
+    keyed = KeyedSyncVectorEnv([factory] * 3, ["reward_ctrl", "absent"])
+    actions = np.random.default_rng(0).uniform(-1, 1, (7, 3, 6)).astype(np.float32)
+    try:
+        for envs in (full, keyed):
+            envs.reset(seed=3)
+        kept = dropped = 0
+        for step in actions:  # past the horizon of 5: autoreset included
+            *a, info_full = full.step(step)
+            *b, info_keyed = keyed.step(step)
+            for x, y in zip(a, b, strict=True):
+                np.testing.assert_array_equal(x, y)
+            assert set(info_keyed) == {k for k in info_full if k.removeprefix("_") == "reward_ctrl"}
+            for key in info_keyed:
+                np.testing.assert_array_equal(info_keyed[key], info_full[key])
+            kept += "reward_ctrl" in info_keyed
+            dropped += len(info_full) - len(info_keyed)
+        assert kept == 6 and dropped > 6  # six steps and one autoreset; the other keys left out
+    finally:
+        full.close()
+        keyed.close()
