@@ -12,6 +12,7 @@ import sys
 import time
 
 import torch
+from timing import timed
 
 import metarl.workers as workers
 from metarl.config import load_config
@@ -20,27 +21,15 @@ from metarl.policies import make_policy
 from metarl.sampler import Sampler
 from metarl.tasks import TaskSplits
 
-SPENT = {"execute": 0.0, "gather": 0.0, "command": 0.0, "commands": 0}
-
-
-def timed(function, key):
-    def wrapper(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            SPENT[key] += time.perf_counter() - start
-            SPENT["commands"] += key == "command"
-
-    return wrapper
+SPENT: dict[str, float] = {}
 
 
 def main() -> None:
     name = sys.argv[1]
     # The parent's share runs `_execute`; `_gather` waits for the worker; `_command` is both and the send.
-    workers._execute = timed(workers._execute, "execute")
-    workers.WorkerVectorEnv._gather = timed(workers.WorkerVectorEnv._gather, "gather")
-    workers.WorkerVectorEnv._command = timed(workers.WorkerVectorEnv._command, "command")
+    workers._execute = timed(workers._execute, "execute", SPENT)
+    workers.WorkerVectorEnv._gather = timed(workers.WorkerVectorEnv._gather, "gather", SPENT)
+    workers.WorkerVectorEnv._command = timed(workers.WorkerVectorEnv._command, "command", SPENT)
     config = load_config(f"experiments/metaworld_ml1_{name}.yaml")
     torch.manual_seed(0)
     sampler = Sampler.from_config(config)
@@ -49,13 +38,12 @@ def main() -> None:
     params = parameters_of(policy)
     with torch.no_grad():
         sampler.sample(policy, params, tasks)  # builds the environments and starts the worker
-        for key in SPENT:
-            SPENT[key] = 0
+        SPENT.clear()
         start = time.perf_counter()
         episodes = sampler.sample(policy, params, tasks)
         wall = time.perf_counter() - start
     sampler.close()
-    n = SPENT["commands"]
+    n = SPENT["command_calls"]
     execute, gather, command = (SPENT[k] / n * 1e3 for k in ("execute", "gather", "command"))
     print(f"{name}: {episodes.num_steps / wall:,.0f} env steps/s, {wall:.1f} s, {n} commands")
     per_command = wall / n * 1e3
