@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 # Idle OpenMP threads of torch sleep instead of spinning. Spinning threads take the cores that
 # another training on the same machine (a second seed) is computing on: two runs side by side were
-# 2.8-3.6x slower each instead of 1.2-1.8x. Alone on an idle machine, spinning threads are faster
-# where the outer step runs many short parallel operations (ProMP on 2D navigation: 0.44-0.49 s per
-# iteration against 0.55-0.60 s): set OMP_WAIT_POLICY=ACTIVE there (README, "Speed").
+# 2.4-4.1x slower each instead of 1.3-1.8x. Alone on an idle machine, spinning threads are faster
+# where the outer step runs many short parallel operations (ProMP on 2D navigation: 0.48 s per
+# iteration against 0.63 s): set OMP_WAIT_POLICY=ACTIVE there (README, "Speed").
 # OpenMP reads this once, when torch is first imported; a value the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
