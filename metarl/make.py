@@ -1,8 +1,9 @@
 """Making task-distribution environments: one copy (`make_env`) or many (`make_vector_env`).
 
 Above the vector backends: a family's own batched implementation (``gymnasium.make_vec``), a
-next-step-autoreset ``SyncVectorEnv``, or `metarl.workers.WorkerVectorEnv` processes, which receive
-a picklable `EnvFactory` and build their copies themselves (they never import this module back).
+next-step-autoreset ``SyncVectorEnv`` in this process (`metarl.workers.KeyedSyncVectorEnv`), or
+`metarl.workers.WorkerVectorEnv` processes, which receive a picklable `EnvFactory` and build their
+copies themselves (they never import this module back).
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ from typing import Any
 
 import gymnasium as gym
 from gymnasium.envs.registration import EnvSpec, load_env_creator, registry
-from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
+from gymnasium.vector import VectorEnv
 
 from metarl.errors import EnvError
 from metarl.task_space_env import TaskSpaceEnv
 from metarl.tasks import ensure_registered, environment_errors
-from metarl.workers import WorkerVectorEnv
+from metarl.workers import KeyedSyncVectorEnv, WorkerVectorEnv
 
 
 def make_env(
@@ -67,7 +68,8 @@ def make_vector_env(
     `task_space`: copies of `make_env`'s task-space wrapper (never the id's batched implementation),
     in a next-step-autoreset ``SyncVectorEnv``, or in worker processes when ``workers > 1``.
     `worker_timeout`: seconds a worker process may take to answer before it is an error.
-    `info_keys`: the step-info keys worker processes send back (others stay in the workers).
+    `info_keys`: the step-info keys returned for copies stepped one by one (in this process or in
+    workers; the other keys are not gathered); a batched implementation returns its own infos.
     `step_in_parent`: with worker processes, this process steps the first share of the copies
     itself (`WorkerVectorEnv`'s ``parent_slice``).
     """
@@ -82,7 +84,7 @@ def make_vector_env(
                 info_keys=info_keys,
                 parent_slice=step_in_parent,
             )
-        return SyncVectorEnv([factory] * num_envs, autoreset_mode=AutoresetMode.NEXT_STEP)
+        return KeyedSyncVectorEnv([factory] * num_envs, info_keys)
     spec = registry.get(env_id)
     batched = spec is not None and spec.vector_entry_point is not None
     extra: dict[str, Any] = {"max_episode_steps": horizon} if horizon is not None else {}
@@ -97,6 +99,8 @@ def make_vector_env(
             info_keys=info_keys,
             parent_slice=step_in_parent,
         )
+    if not batched:
+        return KeyedSyncVectorEnv([env_factory(env_id, kwargs, horizon)] * num_envs, info_keys)
     return gym.make_vec(env_id, num_envs=num_envs, **dict(kwargs or {}), **extra)
 
 

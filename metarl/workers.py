@@ -137,7 +137,7 @@ class WorkerVectorEnv(VectorEnv):
                     self._processes.append(process)
             if parent_slice:  # built while the workers build theirs
                 start, stop = self.slices[0]
-                self._parent["envs"] = KeyedSyncVectorEnv(list(env_fns[start:stop]), self.info_keys)
+                self._parent["envs"] = KeyedSyncVectorEnv(list(env_fns[start:stop]), self.info_keys, copy=False)
             observation_space, action_space = self._start()
         except BaseException:
             self.close()
@@ -474,14 +474,17 @@ def _shutdown(
 
 
 class KeyedSyncVectorEnv(SyncVectorEnv):
-    """A slice's next-step-autoreset ``SyncVectorEnv`` that gathers only the step-info keys sent back.
+    """A next-step-autoreset ``SyncVectorEnv`` that gathers only the step-info keys the sampler reads
+    (a worker's slice, the parent's slice, or all copies in one process).
 
     ``SyncVectorEnv`` folds every key of every copy's info into arrays with masks: for Meta-World's
     eight keys that was 0.2–1.5 ms of a 4–6 ms step of 20 copies, for values nobody reads.
     """
 
-    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], info_keys: Sequence[str]) -> None:
-        super().__init__(list(env_fns), copy=False, autoreset_mode=AutoresetMode.NEXT_STEP)
+    def __init__(self, env_fns: Sequence[Callable[[], gym.Env]], info_keys: Sequence[str], copy: bool = True) -> None:
+        """`copy`: return copies of the observations (``SyncVectorEnv``'s own `copy`); a slice
+        whose caller copies them into shared buffers at once passes False."""
+        super().__init__(list(env_fns), copy=copy, autoreset_mode=AutoresetMode.NEXT_STEP)
         self.info_keys = frozenset(info_keys)
 
     def _add_info(self, vector_infos: dict[str, Any], env_info: dict[str, Any], env_num: int) -> dict[str, Any]:
@@ -506,7 +509,7 @@ def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection, i
             for env_fn in env_fns:  # one at a time, so that a constructor that hangs is caught
                 built.append(env_fn())
                 conn.send(("progress", len(built)))
-            envs = KeyedSyncVectorEnv([functools.partial(_built, env) for env in built], info_keys)
+            envs = KeyedSyncVectorEnv([functools.partial(_built, env) for env in built], info_keys, copy=False)
             conn.send(("ok", (envs.single_observation_space, envs.single_action_space)))
         except Exception as error:
             conn.send(("error", _remote_error(error)))

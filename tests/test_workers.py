@@ -133,7 +133,7 @@ def sample_twice(workers: int, step_in_parent: bool = True) -> tuple:
 def test_sampled_episodes_are_identical_for_one_and_two_workers():
     (one, kind_one), (two, kind_two) = sample_twice(1), sample_twice(2)
     (processes_only, _) = sample_twice(2, step_in_parent=False)
-    assert kind_one is SyncVectorEnv and kind_two is WorkerVectorEnv
+    assert kind_one is KeyedSyncVectorEnv and kind_two is WorkerVectorEnv
     for other in (two, processes_only):
         for a, b in zip(one, other, strict=True):
             for field in ("observations", "actions", "rewards", "mask", "log_probs"):

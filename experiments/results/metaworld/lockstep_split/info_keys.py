@@ -20,7 +20,7 @@ def main() -> None:
     factory = env_factory("MetaRL/ML1-v0", {"env_name": name}, None)
     tasks = TaskSplits(make_env("MetaRL/ML1-v0", {"env_name": name}), 0, 1, 1).sample_train(2)
     full = SyncVectorEnv([factory] * copies, copy=False, autoreset_mode=AutoresetMode.NEXT_STEP)
-    keyed = KeyedSyncVectorEnv([factory] * copies, ["success"])
+    keyed = KeyedSyncVectorEnv([factory] * copies, ["success"], copy=False)
     for envs in (full, keyed):
         set_tasks(envs, [task for task in tasks for _ in range(copies // 2)])
         envs.reset(seed=0)
