@@ -22,8 +22,7 @@ from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from metarl.config import PolicyConfig
-
-Params = dict[str, Tensor]
+from metarl.functional import Params
 
 ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
 

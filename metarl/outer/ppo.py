@@ -109,11 +109,7 @@ class PPO:
     def current_path(self, batch: MetaBatch) -> list[Params]:
         """θ^(0), …, θ' at the current θ, without a graph (what sampling recorded, while θ is unchanged)."""
         recorded = batch.adaptation_at(self.policy, self.inner)
-        if recorded is not None:
-            return recorded
-        theta = per_task(detach(parameters_of(self.policy)), len(batch.tasks))
-        with torch.no_grad():
-            return [detach(p) for p in self.inner.adaptation_path(self.policy, theta, batch.inner, create_graph=False)]
+        return recorded if recorded is not None else self._adaptation(batch, create_graph=False)[0]
 
     def _adaptation(self, batch: MetaBatch, create_graph: bool = True) -> tuple[list[Params], list[Distribution]]:
         """θ^(0) = θ, θ^(1), …, θ' per task, differentiable in θ (second order unless first-order),
