@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from metarl.config import Config
-from metarl.episodes import Episodes, stack_tasks
+from metarl.episodes import FIELDS, Episodes, stack_tasks
 from metarl.errors import ConfigError, MetarlError, WorkerError
 from metarl.functional import Params
 from metarl.sampler import AllCopiesNoise, Sampler
@@ -55,7 +55,6 @@ MAX_RESTARTS = 3
 CLUSTER_CHECK_S = 2.0
 # Seconds a new actor may wait for the cluster to start it (a CPU to be free, its process to start).
 ACTOR_START_S = 120.0
-_FIELDS = ("observations", "actions", "rewards", "mask", "log_probs")
 # Actors of closed `RaySampler`s, idle, for this process's next one (evaluation after training, a
 # test after a test) instead of new processes: (Ray job, actor, where it runs).
 _IDLE_ACTORS: list[tuple[str, Any, Any]] = []
@@ -168,7 +167,7 @@ class SamplerActor:
             noise = AllCopiesNoise(total_tasks)
             with torch.no_grad(), torch_threads(1):
                 episodes = self.sampler.task_episodes(policy, tensors, tasks, seed, noise, first_task)
-        arrays = {name: getattr(episodes, name).numpy() for name in _FIELDS}
+        arrays = {name: getattr(episodes, name).numpy() for name in FIELDS}
         arrays["metrics"] = {k: v.numpy() for k, v in (episodes.metrics or {}).items()}
         return arrays, len(noise.steps), time.perf_counter() - start
 

@@ -34,6 +34,7 @@ RESUMABLE_OVERRIDES = (
     "train.keep_checkpoints",
     "env.workers",
     "env.step_in_parent",
+    "env.free_running",
     "env.worker_timeout",
     "env.info_metrics",
     "env.max_copies",
@@ -71,6 +72,12 @@ class EnvConfig:
     waiting for them (Meta-World on 2 cores: 0.98-1.47x the env steps/s, one process less memory).
     ``worker_timeout`` covers that share through SIGALRM, which stops Python code but not one endless
     C call: set false for an environment that may hang there. Results do not depend on it."""
+    free_running: bool = True
+    """With ``workers`` above 1 for a family stepped in worker processes and a Gaussian policy: each
+    process (the training process too, with ``step_in_parent``) runs whole episodes of its share of
+    a round's tasks with its own policy forward, instead of stepping in lockstep with the training
+    process and waiting for its policy at every step. The same episodes for the same seed (the
+    call's noise is drawn here and shared out); false: lockstep."""
     backend: Literal["local", "ray"] = "local"
     """Where episodes are sampled: ``local`` (this machine: batched physics or worker processes) or
     ``ray`` (long-lived actors on a Ray cluster, ``env.workers`` of them, default one per CPU; the

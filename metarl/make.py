@@ -59,6 +59,7 @@ def make_vector_env(
     worker_timeout: float | None = None,
     info_keys: Sequence[str] = (),
     step_in_parent: bool = False,
+    group: int = 1,
 ) -> VectorEnv:
     """``gymnasium.make_vec``: the id's own batched implementation when it registers one, else sync.
 
@@ -71,7 +72,8 @@ def make_vector_env(
     `info_keys`: the step-info keys returned for copies stepped one by one (in this process or in
     workers; the other keys are not gathered); a batched implementation returns its own infos.
     `step_in_parent`: with worker processes, this process steps the first share of the copies
-    itself (`WorkerVectorEnv`'s ``parent_slice``).
+    itself (`WorkerVectorEnv`'s ``parent_slice``). `group`: copies that stay in one worker's slice (a
+    task's episodes; `num_envs` a multiple of it).
     """
     ensure_registered(env_id)
     if task_space is not None:
@@ -79,10 +81,11 @@ def make_vector_env(
         if workers is not None and workers > 1:
             return WorkerVectorEnv(
                 [factory] * num_envs,
-                min(workers, num_envs),
+                min(workers, num_envs // group),
                 timeout=worker_timeout,
                 info_keys=info_keys,
                 parent_slice=step_in_parent,
+                group=group,
             )
         return KeyedSyncVectorEnv([factory] * num_envs, info_keys)
     spec = registry.get(env_id)
@@ -94,10 +97,11 @@ def make_vector_env(
         factory = env_factory(env_id, kwargs, horizon)
         return WorkerVectorEnv(
             [factory] * num_envs,
-            min(workers, num_envs),
+            min(workers, num_envs // group),
             timeout=worker_timeout,
             info_keys=info_keys,
             parent_slice=step_in_parent,
+            group=group,
         )
     if not batched:
         return KeyedSyncVectorEnv([env_factory(env_id, kwargs, horizon)] * num_envs, info_keys)

@@ -4,12 +4,20 @@ The vector environment holds ``B × E`` copies ordered task-major (copy ``b * E 
 ``e`` of task ``b``). At every time step the observations are reshaped to ``[B, E, obs]`` and the
 policy is evaluated once with per-task parameters (a leading task dimension), so sampling the
 pre- and post-adaptation episodes of a whole meta-batch has no Python loop over tasks or episodes.
+
+With worker processes (``env.workers``) the copies are split into slices of whole tasks. By default
+(``env.free_running``) each slice runs its episodes to the end on its own, its process evaluating
+the policy for its tasks (`Rollout`, `run_slice`), with its rows of the noise this process drew for
+the whole call: no process waits for another at each step, and the episodes are those of the
+lockstep.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -21,13 +29,14 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
 from metarl.config import Config
-from metarl.episodes import Episodes, concat_episodes, first_episodes_within, select_tasks, stack_tasks
+from metarl.episodes import FIELDS, Episodes, concat_episodes, first_episodes_within, select_tasks, stack_tasks
 from metarl.errors import EnvError, NonFiniteError
 from metarl.functional import Params, distribution, per_task
 from metarl.info_metrics import DEFAULT_INFO_METRICS, InfoMetrics
 from metarl.make import make_env, make_vector_env
 from metarl.tasks import environment_errors, horizon_of, sample_tasks, set_tasks, task_features
 from metarl.threads import torch_threads
+from metarl.workers import WorkerVectorEnv, contiguous_slices
 
 
 def env_actions(actions: np.ndarray, space: gym.Space, scaling: str, bound: float = 1.0) -> np.ndarray:
@@ -44,6 +53,178 @@ def env_actions(actions: np.ndarray, space: gym.Space, scaling: str, bound: floa
         unit = np.clip(actions / bound, -1.0, 1.0)
         return (space.low + (unit + 1.0) * 0.5 * (space.high - space.low)).astype(space.dtype)
     return np.clip(actions, space.low, space.high).astype(space.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """How episodes run on a vector env, apart from the policy and its noise: picklable, so that a
+    worker process runs them the same way (``env.free_running``)."""
+
+    horizon: int
+    action_space: gym.Space
+    action_scaling: str
+    action_bound: float
+    info_metrics: dict[str, str]
+    device: torch.device
+
+    def run(
+        self,
+        envs: VectorEnv,
+        obs: np.ndarray,
+        policy: nn.Module,
+        params: Params,
+        act: Callable[[Distribution, int], Tensor],
+        alive: np.ndarray,
+        tasks: Sequence[Any] | None,
+        features: np.ndarray | None = None,
+        first_copy: int = 0,
+        beat: Callable[[], None] = lambda: None,
+    ) -> Episodes:
+        """Step `envs` (just reset to `obs`, copies task-major, ``len(params)`` tasks) until every
+        copy marked `alive` has ended its episode or the horizon; task ``b`` acts with
+        ``act(π_b, t)``. `features` are appended to the observations (an oracle); `first_copy`
+        numbers the copies in errors; ``beat()`` runs before each step."""
+        width = next(iter(params.values())).shape[0]
+        num_episodes = envs.num_envs // width
+        steps: dict[str, list[Tensor]] = {k: [] for k in FIELDS}
+        infos = InfoMetrics(self.info_metrics, envs.num_envs)
+        for t in range(self.horizon):
+            _check_finite(obs, "observations", tasks, num_episodes, first_copy)
+            if features is not None:
+                obs = np.concatenate([obs, features], axis=-1)
+            # A copy: a slice's vector env may hand out its own buffer (worker slices do not copy).
+            obs_t = torch.tensor(obs, dtype=torch.float32, device=self.device)
+            obs_t = obs_t.reshape(width, num_episodes, *obs_t.shape[1:])
+            pi = distribution(policy, params, obs_t)
+            action = act(pi, t)
+            steps["observations"].append(obs_t)
+            steps["actions"].append(action)
+            steps["log_probs"].append(pi.log_prob(action))
+            steps["mask"].append(torch.as_tensor(alive, dtype=torch.float32).reshape(width, num_episodes))
+
+            flat = action.reshape(envs.num_envs, *action.shape[2:]).cpu().numpy()
+            beat()
+            with environment_errors("stepping"):
+                obs, reward, terminated, truncated, info = envs.step(
+                    env_actions(flat, self.action_space, self.action_scaling, self.action_bound)
+                )
+            _check_finite(reward, "rewards", tasks, num_episodes, first_copy)
+            infos.add(info, alive)
+            reward = np.where(alive, reward, 0.0)
+            steps["rewards"].append(torch.as_tensor(reward, dtype=torch.float32).reshape(width, num_episodes))
+            alive &= ~(terminated | truncated)
+            if not alive.any():
+                break
+        tensors = {k: torch.stack(v, dim=2).to(self.device) for k, v in steps.items()}
+        metrics = {
+            key: torch.as_tensor(values, dtype=torch.float32, device=self.device).reshape(width, num_episodes)
+            for key, values in sorted(infos.result().items())
+        }
+        return Episodes(**tensors, metrics=metrics or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceWork:
+    """What one slice of a free-running call runs (`run_slice`): its share of the call's tasks, the
+    parameters and noise rows ``[T, tasks, E, action]`` of those tasks, and the seed of its first
+    copy (copy ``i`` of the share resets with ``seed + i``)."""
+
+    rollout: Rollout
+    policy: nn.Module
+    params: Params
+    noise: Tensor
+    tasks: list[Any]
+    seed: int
+    features: np.ndarray | None  # per task (an oracle's observations)
+    tasks_per_round: int  # the slice's copies hold this many tasks' episodes
+    first_copy: int  # of the share in the call, for errors
+
+
+def run_slice(
+    envs: VectorEnv, payload: bytes | SliceWork, beat: Callable[[], None]
+) -> dict[str, Any] | EnvError | NonFiniteError | None:
+    """One slice's share of a free-running call (`WorkerVectorEnv.run`'s function): rounds of its
+    tasks on its copies, the policy acting with the tasks' rows of the call's Gaussian noise; the
+    episodes as numpy arrays (None for an empty share). An environment's error or NaN, named by copy
+    and task, is returned for the caller to raise as it is (as a lockstep call would)."""
+    work = pickle.loads(payload) if isinstance(payload, bytes) else payload
+    if not work.tasks:
+        return None
+    try:
+        return _slice_episodes(envs, work, beat)
+    except (EnvError, NonFiniteError) as error:
+        return error
+
+
+def _slice_episodes(envs: VectorEnv, work: SliceWork, beat: Callable[[], None]) -> dict[str, Any]:
+    num_episodes = envs.num_envs // work.tasks_per_round
+    rounds = []
+    for start in range(0, len(work.tasks), work.tasks_per_round):
+        rows = slice(start, min(start + work.tasks_per_round, len(work.tasks)))
+        count, width = rows.stop - rows.start, work.tasks_per_round
+        fill = [rows.stop - 1] * (width - count)  # a short last round repeats its last task
+        index = torch.as_tensor([*range(rows.start, rows.stop), *fill])
+        tasks = [work.tasks[i] for i in index.tolist()]
+        noise = work.noise[:, index]
+
+        def act(pi: Distribution, t: int, noise: Tensor = noise) -> Tensor:
+            base = pi.base_dist if isinstance(pi, Independent) else pi
+            if not isinstance(base, Normal):
+                raise TypeError(
+                    f"env.free_running draws Gaussian noise, but the policy returned a {type(base).__name__}: "
+                    "set env.free_running: false"
+                )
+            return noise[t] * base.scale + base.loc
+
+        with environment_errors("setting tasks"):
+            set_tasks(envs, [task for task in tasks for _ in range(num_episodes)])
+        with environment_errors("resetting"):
+            obs, _ = envs.reset(seed=work.seed + rows.start * num_episodes)
+        alive = np.arange(envs.num_envs) < count * num_episodes
+        features = None if work.features is None else np.repeat(work.features[index.numpy()], num_episodes, axis=0)
+        params = {name: value[index] for name, value in work.params.items()}
+        first_copy = work.first_copy + rows.start * num_episodes
+        with torch.no_grad(), torch_threads(1):
+            episodes = work.rollout.run(envs, obs, work.policy, params, act, alive, tasks, features, first_copy, beat)
+        rounds.append(select_tasks(episodes, slice(0, count)))
+    episodes = _join_parts(rounds, torch.device("cpu"))
+    arrays: dict[str, Any] = {name: getattr(episodes, name).numpy() for name in FIELDS}
+    arrays["metrics"] = {key: value.numpy() for key, value in (episodes.metrics or {}).items()}
+    return arrays
+
+
+def _join_parts(parts: Sequence[Episodes | Mapping[str, Any]], device: torch.device) -> Episodes:
+    """Episodes of consecutive tasks (or their numpy arrays) as one batch, on `device`: shorter
+    parts padded with zero steps, a metric that a part lacks NaN there."""
+
+    def tensors(part: Episodes | Mapping[str, Any]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        if isinstance(part, Episodes):
+            return {name: getattr(part, name) for name in FIELDS}, dict(part.metrics or {})
+        return {name: torch.from_numpy(part[name]) for name in FIELDS}, {
+            key: torch.from_numpy(value) for key, value in part["metrics"].items()
+        }
+
+    unpacked = [tensors(part) for part in parts]
+    steps = max(fields["mask"].shape[2] for fields, _ in unpacked)
+    joined = {
+        name: torch.cat([_pad_steps(fields[name], steps) for fields, _ in unpacked]).to(device) for name in FIELDS
+    }
+    keys = sorted({key for _, metrics in unpacked for key in metrics})
+    metrics = {
+        key: torch.cat(
+            [metrics.get(key, torch.full(fields["mask"].shape[:2], float("nan"))) for fields, metrics in unpacked]
+        ).to(device)
+        for key in keys
+    }
+    return Episodes(**joined, metrics=metrics or None)
+
+
+def _pad_steps(values: Tensor, steps: int) -> Tensor:
+    """Zeros after the last of the time steps (dimension 2) of `values`, up to `steps`."""
+    missing = steps - values.shape[2]
+    if missing == 0:
+        return values
+    return torch.cat([values, values.new_zeros(*values.shape[:2], missing, *values.shape[3:])], dim=2)
 
 
 class Sampler:
@@ -74,6 +255,9 @@ class Sampler:
             those of the all-copies run for the same seed (Gaussian policies).
         step_in_parent: with worker processes, this process steps one share of the copies itself
             (``env.step_in_parent``); the same episodes either way.
+        free_running: with worker processes and a Gaussian policy, each process (the parent too)
+            runs whole episodes of its share of the tasks with its own policy forward, instead of
+            stepping in lockstep with this one (``env.free_running``); the same episodes.
         info_metrics: step-info keys folded into one number per episode (``Episodes.metrics``):
             key -> aggregation (`metarl.info_metrics`); by default the success rate where steps
             report ``info["success"]``.
@@ -98,12 +282,13 @@ class Sampler:
         max_copies: int | None = None,
         spare_episodes: int = 0,
         step_in_parent: bool = True,
+        free_running: bool = True,
     ) -> None:
         self.env_id, self.env_kwargs = env_id, dict(env_kwargs or {})
         self.info_metrics = dict(DEFAULT_INFO_METRICS if info_metrics is None else info_metrics)
         self.observe_task, self.worker_timeout = observe_task, worker_timeout
         self.workers, self.task_space = workers, task_space
-        self.step_in_parent = step_in_parent
+        self.step_in_parent, self.free_running = step_in_parent, free_running
         self.episodes_per_task = episodes_per_task
         # Copies per task in a round: E, plus the spares of a budget in steps.
         self.copies_per_task = episodes_per_task + (spare_episodes if batch_unit == "steps" else 0)
@@ -163,6 +348,7 @@ class Sampler:
             "max_copies": config.env.max_copies,
             "spare_episodes": config.env.spare_episodes,
             "step_in_parent": config.env.step_in_parent,
+            "free_running": config.env.free_running,
         }
 
     @classmethod
@@ -181,7 +367,7 @@ class Sampler:
         sampler.action_scaling, sampler.action_bound = action_scaling, action_bound
         sampler.device, sampler.batch_unit, sampler.workers = torch.device("cpu"), "episodes", 1
         sampler.task_space, sampler.observe_task, sampler.worker_timeout = None, False, None
-        sampler.step_in_parent = False
+        sampler.step_in_parent = sampler.free_running = False
         sampler.info_metrics, sampler.max_copies = dict(DEFAULT_INFO_METRICS), None
         sampler.reseed(seed)
         sampler.env, sampler.horizon = env, horizon_of(env, horizon)
@@ -215,6 +401,7 @@ class Sampler:
                     self.worker_timeout,
                     info_keys=tuple(self.info_metrics),
                     step_in_parent=self.step_in_parent,
+                    group=self.copies_per_task,
                 )
         return self._vector_envs[num_tasks]
 
@@ -257,7 +444,10 @@ class Sampler:
         seed = int(self.rng.integers(2**31))
         if tasks is None:
             return self._round(policy, params, None, seed)
-        return self.task_episodes(policy, params, tasks, seed, AllCopiesNoise(len(tasks)))
+        noise = AllCopiesNoise(len(tasks))
+        episodes = self.task_episodes(policy, params, tasks, seed, noise)
+        noise.finish()
+        return episodes
 
     def task_episodes(
         self,
@@ -280,6 +470,9 @@ class Sampler:
         per_round = min(self.tasks_per_round() or num_tasks, num_tasks)
         # Bounded: one vector env serves every call, a smaller call fills up the one already built.
         copies_for = max(per_round, *self._vector_envs, 0) if self.max_copies is not None else None
+        envs = self._vector_env(copies_for or per_round)
+        if self._runs_free(envs):
+            return self._free_running_episodes(envs, policy, params, tasks, seed, noise, first_task)
         rounds = []
         for start in range(0, num_tasks, per_round):
             rows = slice(start, min(start + per_round, num_tasks))
@@ -323,49 +516,80 @@ class Sampler:
                 set_tasks(envs, [task for task in tasks for _ in range(num_episodes)])
         with environment_errors("resetting"):
             obs, _ = envs.reset(seed=seed)
+        features = None
         if self.observe_task:
             features = np.repeat(np.stack([task_features(task) for task in tasks]), num_episodes, axis=0)
-
-        steps: dict[str, list[Tensor]] = {k: [] for k in ("observations", "actions", "rewards", "mask", "log_probs")}
         alive = np.ones(envs.num_envs, dtype=bool)
         alive[num_tasks * num_episodes :] = False  # the copies that fill up a last round
-        infos = InfoMetrics(self.info_metrics, envs.num_envs)
-        for t in range(self.horizon):
-            _check_finite(obs, "observations", tasks, num_episodes)
-            if self.observe_task:
-                obs = np.concatenate([obs, features], axis=-1)
-            obs_t = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
-            obs_t = obs_t.reshape(width, num_episodes, *obs_t.shape[1:])
-            pi = distribution(policy, params, obs_t)
-            action = pi.sample() if noise is None else noise.act(pi, t, rows, width)
-            steps["observations"].append(obs_t)
-            steps["actions"].append(action)
-            steps["log_probs"].append(pi.log_prob(action))
-            steps["mask"].append(torch.as_tensor(alive, dtype=torch.float32).reshape(width, num_episodes))
 
-            flat = action.reshape(envs.num_envs, *action.shape[2:]).cpu().numpy()
+        def act(pi: Distribution, t: int) -> Tensor:
+            return pi.sample() if noise is None else noise.act(pi, t, rows, width)
+
+        def stepping() -> None:
             self.busy = ("stepping", time.monotonic(), 1)
-            with environment_errors("stepping"):
-                obs, reward, terminated, truncated, info = envs.step(
-                    env_actions(flat, self.action_space, self.action_scaling, self.action_bound)
-                )
-            _check_finite(reward, "rewards", tasks, num_episodes)
-            infos.add(info, alive)
-            reward = np.where(alive, reward, 0.0)
-            steps["rewards"].append(torch.as_tensor(reward, dtype=torch.float32).reshape(width, num_episodes))
-            alive &= ~(terminated | truncated)
-            if not alive.any():
-                break
-        self.busy = None
 
-        tensors = {k: torch.stack(v, dim=2).to(self.device)[:num_tasks] for k, v in steps.items()}
-        metrics = {
-            key: torch.as_tensor(values, dtype=torch.float32, device=self.device).reshape(width, num_episodes)[
-                :num_tasks
-            ]
-            for key, values in sorted(infos.result().items())
-        }
-        return Episodes(**tensors, metrics=metrics or None)
+        episodes = self.rollout().run(envs, obs, policy, params, act, alive, tasks, features, beat=stepping)
+        self.busy = None
+        return select_tasks(episodes, slice(0, num_tasks)) if width > num_tasks else episodes
+
+    def rollout(self) -> Rollout:
+        """How this sampler runs episodes on a vector env (`Rollout`)."""
+        return Rollout(
+            self.horizon, self.action_space, self.action_scaling, self.action_bound, self.info_metrics, self.device
+        )
+
+    def _runs_free(self, envs: VectorEnv) -> bool:
+        """Whether `envs`'s slices run whole episodes on their own (``free_running``): worker
+        processes, Gaussian noise drawn here (a Box action space) and a CPU policy."""
+        return (
+            self.free_running
+            and isinstance(envs, WorkerVectorEnv)
+            and isinstance(self.action_space, spaces.Box)
+            and self.device.type == "cpu"
+        )
+
+    def _free_running_episodes(
+        self,
+        envs: WorkerVectorEnv,
+        policy: nn.Module,
+        params: Params,
+        tasks: Sequence[Any],
+        seed: int,
+        noise: AllCopiesNoise,
+        first_task: int,
+    ) -> Episodes:
+        """`task_episodes` with each slice of `envs` (a worker process's, and this process's) running
+        an equal share of the tasks, in rounds on its own copies, with its own policy forward and
+        its rows of the call's noise, drawn here for the whole horizon: no process waits for
+        another until all are done. The episodes' steps are the lockstep's; after a slice's last
+        episode ended its steps are zeros (masked) instead of the lockstep's discarded steps."""
+        num_episodes = self.copies_per_task
+        ahead = noise.ahead(self.horizon, (num_episodes, *self.action_space.shape))
+        rollout = self.rollout()
+        shares = contiguous_slices(len(tasks), len(envs.slices))
+        payloads = []
+        for (first, stop), (copy_start, copy_stop) in zip(shares, envs.slices, strict=True):
+            calls = slice(first_task + first, first_task + stop)  # rows of the whole call
+            share = list(tasks[first:stop])
+            payload = SliceWork(
+                rollout,
+                policy,
+                {name: value[first:stop].detach() for name, value in params.items()},
+                ahead[:, calls].contiguous(),
+                share,
+                seed + calls.start * num_episodes,
+                None if not self.observe_task else np.stack([task_features(task) for task in share]),
+                (copy_stop - copy_start) // num_episodes,
+                first * num_episodes,
+            )
+            payloads.append(pickle.dumps(payload))  # plain pickles: no shared-memory tensors in the pipes
+        parts = [part for part in envs.run(run_slice, payloads) if part is not None]
+        for part in parts:
+            if isinstance(part, Exception):
+                raise part
+        episodes = _join_parts(parts, self.device)
+        noise.used = max(noise.used, episodes.mask.shape[2])
+        return episodes
 
     def close_vector_envs(self) -> None:
         """Close the vector envs (they are built again on the next `sample`)."""
@@ -408,13 +632,15 @@ def with_task_features(space: gym.Space, env: gym.Env) -> spaces.Box:
     return spaces.Box(low, high, dtype=np.float32)
 
 
-def _check_finite(values: np.ndarray, what: str, tasks: Sequence[Any] | None, num_episodes: int) -> None:
+def _check_finite(
+    values: np.ndarray, what: str, tasks: Sequence[Any] | None, num_episodes: int, first_copy: int = 0
+) -> None:
     if np.issubdtype(np.asarray(values).dtype, np.floating) and not np.isfinite(values).all():
         bad = int(np.argwhere(~np.isfinite(np.asarray(values).reshape(len(values), -1)))[0][0])
         task = repr(tasks[bad // num_episodes]) if tasks is not None else "the environment's own"
         raise NonFiniteError(
-            f"the environment returned non-finite {what} (copy {bad}, task {task}); check the environment's "
-            "dynamics for this task, or the actions it receives"
+            f"the environment returned non-finite {what} (copy {first_copy + bad}, task {task}); check the "
+            "environment's dynamics for this task, or the actions it receives"
         )
 
 
@@ -431,6 +657,8 @@ class AllCopiesNoise:
     def __init__(self, total_tasks: int) -> None:
         self.total_tasks = total_tasks
         self.steps: list[Tensor] = []
+        self.used = 0  # steps some part acted on: where the generator ends (`finish`)
+        self._states: dict[int, Tensor] = {}  # the generator's state before a step drawn ahead
 
     @staticmethod
     def skip(steps: int, shape: Sequence[int]) -> None:
@@ -439,16 +667,35 @@ class AllCopiesNoise:
         for _ in range(steps):
             torch.empty(tuple(shape)).normal_()
 
+    def _draw(self, t: int, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
+        if len(self.steps) <= t:
+            assert len(self.steps) == t, "rounds reach steps in order"
+            self.steps.append(torch.empty((self.total_tasks, *shape), device=device).normal_())
+        return self.steps[t]
+
     def act(self, pi: Distribution, t: int, rows: slice, width: int) -> Tensor:
         """Actions of the round's tasks (`rows` of the all-copies batch) at step `t`."""
         base = pi.base_dist if isinstance(pi, Independent) else pi
         if not isinstance(base, Normal):
             return pi.sample()
-        if len(self.steps) <= t:
-            assert len(self.steps) == t, "rounds reach steps in order"
-            shape = (self.total_tasks, *base.loc.shape[1:])
-            self.steps.append(torch.empty(shape, device=base.loc.device).normal_())
-        noise = self.steps[t][rows]
+        noise = self._draw(t, base.loc.shape[1:], base.loc.device)[rows]
+        self.used = max(self.used, t + 1)
         if noise.shape[0] < width:  # a last round's filler tasks: their actions are discarded
             noise = torch.cat([noise, noise.new_zeros(width - noise.shape[0], *noise.shape[1:])])
         return noise * base.scale + base.loc
+
+    def ahead(self, steps: int, shape: Sequence[int]) -> Tensor:
+        """The noise of the first `steps` steps at once, ``[steps, B, E, action]`` (on the CPU), for
+        parts that run whole episodes without coming back each step; set `used` to the steps they
+        took, then `finish` rewinds the generator to there."""
+        for t in range(len(self.steps), steps):
+            self._states[t] = torch.get_rng_state()
+            self._draw(t, shape)
+        return torch.stack(self.steps[:steps])
+
+    def finish(self) -> None:
+        """Leave torch's generator where the call's steps took it, not where `ahead` drew to."""
+        if len(self.steps) > self.used and self.used in self._states:
+            torch.set_rng_state(self._states[self.used])
+            del self.steps[self.used :]
+        self._states.clear()

@@ -6,7 +6,9 @@ results are those of one ``SyncVectorEnv`` over all copies, whatever the number 
 With ``parent_slice`` the calling process steps the first slice itself while the processes step
 theirs: on few cores the parent would otherwise sit idle while a worker does that share, and every
 lockstep step would wait for one more process to wake up. Observations, actions, rewards and done
-flags travel through shared memory; the pipes carry only short commands. A worker that raises or
+flags travel through shared memory; the pipes carry only short commands. `WorkerVectorEnv.run`
+instead hands every slice a function to run on its own copies for many steps (whole episodes, with
+the policy evaluated in the worker), with no lockstep between the slices until it returns. A worker that raises or
 dies is reported as a `WorkerError` naming the worker, its copies and the cause, never as a hang.
 
 Workers are started with ``spawn``, which re-imports the main module in every worker: a script that
@@ -75,6 +77,8 @@ class WorkerVectorEnv(VectorEnv):
             for that share, and one process fewer. `timeout` applies to it through ``SIGALRM``,
             which interrupts Python code (a hang inside one C call is not); so it needs the main
             thread of a POSIX process, and is ignored elsewhere.
+        group: copies that stay together in one slice (a task's episodes, for `run`): slices hold
+            whole groups, sizes differing by at most one group; ``len(env_fns)`` must be a multiple.
     """
 
     def __init__(
@@ -85,15 +89,23 @@ class WorkerVectorEnv(VectorEnv):
         timeout: float | None = None,
         info_keys: Sequence[str] = (),
         parent_slice: bool = False,
+        group: int = 1,
     ) -> None:
         num_envs = len(env_fns)
         self.info_keys = tuple(info_keys)
-        if not 1 <= num_workers <= num_envs:
-            raise ValueError(f"num_workers must be between 1 and the number of copies ({num_envs}), got {num_workers}")
+        if group < 1 or num_envs % group:
+            raise ValueError(f"the {num_envs} copies must form whole groups of {group}")
+        if not 1 <= num_workers <= num_envs // group:
+            raise ValueError(
+                f"num_workers must be between 1 and the number of copies ({num_envs}) in groups of {group}, "
+                f"got {num_workers}"
+            )
         if start_method not in ("spawn", "forkserver"):
             raise ValueError(f"start_method must be 'spawn' or 'forkserver', got {start_method!r}")
         self.num_envs, self.num_workers, self.timeout = num_envs, num_workers, timeout
-        self.slices: tuple[tuple[int, int], ...] = contiguous_slices(num_envs, num_workers)
+        self.slices: tuple[tuple[int, int], ...] = tuple(
+            (start * group, stop * group) for start, stop in contiguous_slices(num_envs // group, num_workers)
+        )
         self.metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
         self.render_mode = None
         self.closed = False
@@ -220,6 +232,22 @@ class WorkerVectorEnv(VectorEnv):
         payloads = [(name, args, kwargs)] * self.num_workers
         return tuple(value for values in self._command("call", payloads) for value in values)
 
+    def run(self, function: Callable[..., Any], payloads: Sequence[Any]) -> list[Any]:
+        """Run ``function(envs, payload, beat)`` on every slice at once (the parent's too) and
+        return the results in slice order.
+
+        `envs` is the slice's next-step-autoreset vector env (its copies as the last command left
+        them; the function may reset them), `payload` the slice's entry of `payloads`, and
+        ``beat()`` says the function is still making progress: each call restarts `timeout` (call
+        it once per step; it sends at most one message a second). `function` must be picklable (a
+        module-level function); the workers import its module. Afterwards the shared buffers no
+        longer hold the copies' observations. An error or a missed deadline closes the vector env,
+        as in `step`.
+        """
+        if len(payloads) != self.num_workers:
+            raise ValueError(f"expected {self.num_workers} payloads (one per slice), got {len(payloads)}")
+        return self._command("run", [(function, payload) for payload in payloads], fatal=True)
+
     def close_extras(self, **kwargs: Any) -> None:
         """Stop the workers (``close``, then terminate after a timeout) and free the shared memory."""
         self._finalizer()
@@ -286,13 +314,15 @@ class WorkerVectorEnv(VectorEnv):
             failed = None
             if self._parent and command != "attach":  # the parent's slice, while the workers run theirs
                 try:
-                    with _alarm(None if patient else self.timeout):
-                        parent.append(_execute(self._parent["envs"], self._parent["views"], command, payloads[0]))
+                    with _alarm(None if patient else self.timeout) as rearm:
+                        beat = _Heartbeat(rearm)
+                        parent.append(_execute(self._parent["envs"], self._parent["views"], command, payloads[0], beat))
                 except _ParentTimeout:
                     failed = ("", self._late(0, command, 0), "")
                 except Exception as error:
                     failed = _remote_error(error)
-            return parent + self._gather(command, deadline, fatal, parent_error=failed)
+            progress_timeout = self.timeout if command == "run" else None
+            return parent + self._gather(command, deadline, fatal, progress_timeout, parent_error=failed)
         except KeyboardInterrupt:
             self.close()  # the workers' answers are left unread: the env cannot go on
             raise
@@ -309,7 +339,8 @@ class WorkerVectorEnv(VectorEnv):
         deadline, or when the parent's own slice failed (`parent_error`: kind, message, traceback).
 
         A worker may send ``("progress", n)`` before its answer (start-up: after its imports, then
-        after building each copy): that moves its deadline to `progress_timeout` seconds from then.
+        after building each copy; `run`: its function's beats): that moves its deadline to
+        `progress_timeout` seconds from then.
         """
         answers: list[Any] = [None] * len(self._processes)
         errors: list[tuple[int, str]] = []
@@ -526,7 +557,8 @@ def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection, i
                         views[name] = np.ndarray(shape, np.dtype(dtype), buffer=shms[-1].buf)[start : start + rows]
                     answer = None
                 else:
-                    answer = _execute(envs, views, command, payload)
+                    beat = _Heartbeat(functools.partial(conn.send, ("progress", 0)))
+                    answer = _execute(envs, views, command, payload, beat)
                 conn.send(("ok", answer))
             except Exception as error:
                 conn.send(("error", _remote_error(error)))
@@ -541,6 +573,20 @@ def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection, i
                 envs.close()
 
 
+class _Heartbeat:
+    """``beat()`` for `WorkerVectorEnv.run`'s function: calls `signal` at most once a second."""
+
+    def __init__(self, signal: Callable[[], Any], interval: float = 1.0) -> None:
+        self.signal, self.interval = signal, interval
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self.signal()
+
+
 class _ParentTimeout(BaseException):
     """The parent's own slice ran past the timeout (raised by `_alarm`'s signal handler)."""
 
@@ -551,13 +597,13 @@ def _alarm_available() -> bool:
 
 
 @contextlib.contextmanager
-def _alarm(seconds: float | None) -> Iterator[None]:
+def _alarm(seconds: float | None) -> Iterator[Callable[[], None]]:
     """Raise `_ParentTimeout` in the block after `seconds` (None: no limit; nor outside the main
     thread, where signals cannot be handled, or when another timer of this process is running,
-    which it would cancel)."""
+    which it would cancel). Yields a function that restarts the timer (progress was made)."""
     main_thread = threading.current_thread() is threading.main_thread()
     if seconds is None or not main_thread or signal.getitimer(signal.ITIMER_REAL)[0] > 0:
-        yield
+        yield lambda: None
         return
 
     def expire(signum: int, frame: Any) -> None:
@@ -566,15 +612,24 @@ def _alarm(seconds: float | None) -> Iterator[None]:
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        yield
+        yield functools.partial(signal.setitimer, signal.ITIMER_REAL, seconds)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
 
 
-def _execute(envs: KeyedSyncVectorEnv, views: dict[str, np.ndarray], command: str, payload: Any) -> Any:
+def _execute(
+    envs: KeyedSyncVectorEnv,
+    views: dict[str, np.ndarray],
+    command: str,
+    payload: Any,
+    beat: Callable[[], None] | None = None,
+) -> Any:
     """Run `command` on a slice's copies (in a worker, or in the parent for its own slice); the
     step and reset results go to the slice's rows of the shared buffers (`views`)."""
+    if command == "run":
+        function, data = payload
+        return function(envs, data, beat or (lambda: None))
     if command == "step":
         obs, rewards, terminated, truncated, infos = envs.step(views["actions"].copy())
         views["observations"][...] = obs

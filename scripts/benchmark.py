@@ -198,14 +198,23 @@ def copies_per_worker(config: Config) -> int:
 
 
 def sampler_rate(
-    config_dict: dict[str, Any], workers: int, backend: str = "local", step_in_parent: bool = True
+    config_dict: dict[str, Any],
+    workers: int,
+    backend: str = "local",
+    step_in_parent: bool = True,
+    free_running: bool = True,
 ) -> dict[str, float]:
     """Env steps/s of metarl's sampler collecting one meta-batch of the config (second call timed),
     and the peak memory of the process and its worker processes or Ray actors (run it in a fresh
-    process). `step_in_parent`: ``env.step_in_parent``."""
+    process). `step_in_parent`, `free_running`: ``env.step_in_parent``, ``env.free_running``."""
     config = config_from_dict(config_dict)
     torch.manual_seed(0)
-    overrides = [f"env.workers={workers}", f"env.backend={backend}", f"env.step_in_parent={step_in_parent}"]
+    overrides = [
+        f"env.workers={workers}",
+        f"env.backend={backend}",
+        f"env.step_in_parent={step_in_parent}",
+        f"env.free_running={free_running}",
+    ]
     sampler = make_sampler(config_from_dict(config.to_dict(), overrides))
     policy = make_policy(sampler.observation_space, sampler.action_space, config.policy)
     tasks = TaskSplits(sampler.env, 0, 1, 1).sample_train(config.outer.tasks_per_batch)
@@ -543,7 +552,10 @@ def main() -> None:
     limits.update(env_step_rates(config, args.env_steps, copies_per_worker(config)))
     profile = step_profile(config, args.env_steps)
     samplers = {f"{w}_workers": in_child_process(sampler_rate, config.to_dict(), w) for w in sorted({1, CORES})}
-    if CORES > 1 and copies_per_worker(config) > 1:  # stepped in worker processes: the parent's share too
+    if CORES > 1 and copies_per_worker(config) > 1:  # stepped in worker processes: lockstep, the parent's share
+        samplers[f"{CORES}_workers_lockstep"] = in_child_process(
+            sampler_rate, config.to_dict(), CORES, "local", True, False
+        )
         samplers[f"{CORES}_workers_none_in_parent"] = in_child_process(
             sampler_rate, config.to_dict(), CORES, "local", False
         )

@@ -13,10 +13,11 @@ import pytest
 import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
+from torch import Tensor
 
 from envs import GoalTask, VelocityTask
 from metarl.config import ConfigError, config_from_dict
-from metarl.errors import WorkerError
+from metarl.errors import NonFiniteError, WorkerError
 from metarl.functional import parameters_of
 from metarl.make import env_factory, make_vector_env
 from metarl.policies import GaussianMLPPolicy
@@ -140,6 +141,98 @@ def test_sampled_episodes_are_identical_for_one_and_two_workers():
                 assert torch.equal(getattr(a, field), getattr(b, field)), field
     assert one[0].mask[0].sum() < one[0].mask[1].sum()  # the first goal is reached early
     assert not torch.equal(one[0].observations, one[1].observations)  # fresh seeds per call
+    assert no_children_left()
+
+
+class EndsAfterTaskSteps(gym.Env):
+    """Episodes end after `task` steps; the observation moves with the actions (module level:
+    spawned workers import it)."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = spaces.Box(-1, 1, (2,), np.float32)
+
+    def __init__(self) -> None:
+        self.task, self._t, self._position = 5, 0, np.zeros(2, np.float32)
+
+    def sample_tasks(self, n, rng):
+        return [int(x) for x in rng.integers(3, 20, n)]
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t, self._position = 0, self.np_random.uniform(-1, 1, 2).astype(np.float32)
+        return self._position.copy(), {}
+
+    def step(self, action):
+        self._t += 1
+        self._position = (self._position + 0.1 * np.asarray(action, np.float32)).astype(np.float32)
+        return self._position.copy(), -float(np.abs(self._position).sum()), self._t >= self.task, False, {}
+
+
+@pytest.mark.parametrize(
+    "workers, max_copies, tasks",
+    [
+        # Three slices (the parent's and two workers') of one task each: the first task's episodes
+        # end after 4 steps, so its slice stops before the others and its steps are padded.
+        (3, None, [4, 9, 11]),
+        # Two slices of two tasks' copies each (8 copies), sharing five tasks 3 / 2: rounds within
+        # a slice, a short last round filled up with its last task.
+        (2, 8, [4, 9, 11, 6, 13]),
+    ],
+)
+def test_free_running_slices_give_the_lockstep_episodes_and_leave_the_generator_alike(workers, max_copies, tasks):
+    # Every episode ends before the horizon, so the noise drawn ahead for the whole horizon must be
+    # given back to torch's generator.
+    def sample(free_running: bool) -> tuple[list, Tensor]:
+        sampler = Sampler(
+            "tests.test_workers:EndsAfterTaskSteps",
+            episodes_per_task=2,
+            horizon=20,
+            seed=3,
+            workers=workers,
+            free_running=free_running,
+            max_copies=max_copies,
+        )
+        try:
+            torch.manual_seed(0)
+            policy = GaussianMLPPolicy(2, 2, (8,))
+            batches = [sampler.sample(policy, parameters_of(policy), tasks) for _ in range(2)]
+            assert [sampler._runs_free(envs) for envs in sampler._vector_envs.values()] == [free_running]
+            return batches, torch.rand(3)
+        finally:
+            sampler.close()
+
+    (lockstep, after_lockstep), (free, after_free) = sample(False), sample(True)
+    assert torch.equal(after_lockstep, after_free)  # torch's generator ends where the lockstep's did
+    for a, b in zip(lockstep, free, strict=True):
+        assert torch.equal(a.mask, b.mask)
+        kept = a.mask.bool()
+        for field in ("observations", "actions", "rewards", "log_probs"):
+            assert torch.equal(getattr(a, field)[kept], getattr(b, field)[kept]), field
+    assert lockstep[0].mask.sum((1, 2)).tolist() == [2 * task for task in tasks]  # all end before the horizon
+    assert not torch.equal(lockstep[0].actions, lockstep[1].actions)  # fresh noise per call
+    if max_copies is None:
+        assert torch.all(free[0].observations[0, :, 4:] == 0)  # the first slice stopped: zeros after
+    assert no_children_left()
+
+
+class NaNRewardForTaskSeven(EndsAfterTaskSteps):
+    """A NaN reward at the second step of task 7's episodes."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return obs, float("nan") if self.task == 7 and self._t == 2 else reward, terminated, truncated, info
+
+
+def test_a_nan_in_a_free_running_worker_slice_is_the_lockstep_error_and_the_workers_go_on():
+    sampler = Sampler("tests.test_workers:NaNRewardForTaskSeven", episodes_per_task=2, horizon=10, workers=2)
+    try:
+        policy = GaussianMLPPolicy(2, 2, (8,))
+        with pytest.raises(NonFiniteError, match=r"non-finite rewards \(copy 2, task 7\)"):
+            sampler.sample(policy, parameters_of(policy), [4, 7])  # task 7 runs in the worker's slice
+        assert sampler._runs_free(sampler._vector_env(2))
+        assert sampler.sample(policy, parameters_of(policy), [4, 9]).mask.sum() == 26
+    finally:
+        sampler.close()
     assert no_children_left()
 
 
