@@ -20,7 +20,9 @@ fresh child process where noted):
 - where ``env.step``'s time goes: MuJoCo's C calls against the environment's Python.
 
 It prints a table with the ratios sampler / limits and each phase's share, and writes JSON. A
-benchmark, not a test: the machine's load moves the numbers, so compare ratios taken in one run.
+benchmark, not a test: the machine's load moves the numbers, so compare ratios taken in one run;
+``--rounds N`` measures the all-cores limits and the sampler N times, alternated, and reports each
+round's ratio and their median.
 
     python scripts/benchmark.py experiments/navigation_2d.yaml --algorithms trpo,promp,ppo
 
@@ -504,6 +506,13 @@ def main() -> None:
     parser.add_argument("config", help="YAML config (its env id and sizes are benchmarked)")
     parser.add_argument("--iterations", type=int, default=4, help="meta-iterations to time (the first is warm-up)")
     parser.add_argument("--env-steps", type=int, default=5_000, help="random-action steps for the env.step limit")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the all-cores env.step limits and the sampler with all workers this many times, alternated, "
+        "and report each round's ratio and their median (the host's speed drifts from minute to minute)",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument(
@@ -559,6 +568,10 @@ def main() -> None:
         samplers[f"{CORES}_workers_none_in_parent"] = in_child_process(
             sampler_rate, config.to_dict(), CORES, "local", False
         )
+    rounds = [{**limits, "sampler": samplers[f"{CORES}_workers"]["env_steps_per_s"]}]
+    for _ in range(args.rounds - 1):  # the limit, then the sampler right after it
+        again = env_step_rates(config, args.env_steps, copies_per_worker(config))
+        rounds.append({**again, "sampler": in_child_process(sampler_rate, config.to_dict(), CORES)["env_steps_per_s"]})
     if args.with_ray:  # whole episodes per actor, no lockstep with the learner
         samplers[f"ray_{CORES}_actors"] = in_child_process(sampler_rate, config.to_dict(), CORES, "ray")
     iteration = in_child_process(meta_iterations, config.to_dict(), args.iterations)
@@ -582,6 +595,7 @@ def main() -> None:
         "meta_iteration": iteration,
         "matmul_gflops": matmuls,
         "phase_shares": shares,
+        "alternated_rounds": rounds,
     }
 
     print("\nlimits (env steps/s)")
@@ -602,6 +616,11 @@ def main() -> None:
             f"({sample['env_steps']:,} steps, {sample['env_copies']} env copies, "
             f"{sample['total_peak_rss_mib']:,.0f} MiB)"
         )
+    if len(rounds) > 1:
+        print(f"{CORES} workers against the limits measured just before, {len(rounds)} rounds alternated:")
+        for name in (k for k in rounds[0] if k.startswith("env_step_all_cores")):
+            each = [r["sampler"] / r[name] for r in rounds]
+            print(f"  / {name:<36} " + " ".join(f"{x:.2f}" for x in each) + f"   median {np.median(each):.2f}")
     print(
         f"meta-iteration (median of {max(args.iterations - 1, 1)}): {median['iteration_s']:.3f} s, "
         f"{median['env_steps']:,.0f} env steps, peak RSS {iteration['peak_rss_mib']:,.0f} MiB"

@@ -22,9 +22,17 @@ def run_script(name: str, *args: str) -> str:
 
 def test_benchmark_measures_limits_sampler_phases_and_products(tmp_path):
     out = tmp_path / "bench.json"
-    stdout = run_script("benchmark.py", SMOKE, "--iterations", "2", "--env-steps", "300", "--out", str(out))
+    stdout = run_script(
+        "benchmark.py", SMOKE, "--iterations", "2", "--env-steps", "300", "--rounds", "2", "--out", str(out)
+    )
     result = json.loads(out.read_text())
     assert result["env"] == "MetaRL/Navigation2D-v0"
+    rounds = result["alternated_rounds"]
+    assert (
+        len(rounds) == 2 and rounds[0]["env_step_all_cores"] == result["limits_env_steps_per_s"]["env_step_all_cores"]
+    )
+    assert all(r["sampler"] > 0 and r["env_step_all_cores"] > 0 for r in rounds)
+    assert "2 rounds alternated" in stdout
     assert set(result["limits_env_steps_per_s"]) == {"env_step_1_process", "env_step_all_cores"}
     assert all(rate > 0 for rate in result["limits_env_steps_per_s"].values())
     for sample in result["sampler"].values():

@@ -45,7 +45,7 @@ def sampler_cpu(task: str, free_running: bool) -> None:
     before, steal, start = [cpu_seconds(pid) for pid in pids], steal_seconds(), time.perf_counter()
     episodes = sampler.sample(policy, parameters_of(policy), tasks)
     wall = time.perf_counter() - start
-    used = [cpu_seconds(pid) - b for pid, b in zip(pids, before)]
+    used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
     steps = episodes.num_steps
     print(
         f"{task} sampler free_running={free_running}: {steps / wall:,.0f} env steps/s; CPU per process "
