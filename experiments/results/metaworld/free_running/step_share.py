@@ -1,0 +1,61 @@
+"""Inside one rollout of 20 copies of an ML1 task (2 tasks x 10 episodes, 500 steps, one process):
+CPU seconds in the vector env's ``step`` against the rest of the loop, and the same steps replayed
+without the policy in between; 4 repeats.
+
+    python experiments/results/metaworld/free_running/step_share.py reach-v3
+"""
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from metarl.functional import parameters_of, per_task
+from metarl.make import env_factory, make_env
+from metarl.policies import GaussianMLPPolicy
+from metarl.sampler import Rollout
+from metarl.tasks import sample_tasks, set_tasks
+from metarl.workers import KeyedSyncVectorEnv
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    name = sys.argv[1] if len(sys.argv) > 1 else "reach-v3"
+    env = make_env("MetaRL/ML1-v0", {"env_name": name})
+    tasks = sample_tasks(env, 2, np.random.default_rng(0))
+    envs = KeyedSyncVectorEnv([env_factory("MetaRL/ML1-v0", {"env_name": name})] * 20, ["success"], copy=False)
+    policy = GaussianMLPPolicy(env.observation_space.shape[0], env.action_space.shape[0], (128, 128))
+    params = per_task(parameters_of(policy), 2)
+    rollout = Rollout(500, env.action_space, "normalize", 1.0, {"success": "any"}, torch.device("cpu"))
+    copies = [task for task in tasks for _ in range(10)]
+    noise = torch.randn(500, 2, 10, 4)
+    step = envs.step
+    in_step = [0.0]
+
+    def timed_step(actions: np.ndarray) -> tuple:
+        start = time.process_time()
+        result = step(actions)
+        in_step[0] += time.process_time() - start
+        return result
+
+    envs.step = timed_step
+    for _ in range(4):
+        set_tasks(envs, copies)
+        obs, _ = envs.reset(seed=list(range(20)))
+        in_step[0] = 0.0
+        start = time.process_time()
+        with torch.no_grad():
+            act = lambda pi, t: noise[t] * pi.base_dist.scale + pi.base_dist.loc  # noqa: E731
+            episodes = rollout.run(envs, obs, policy, params, act, np.ones(20, bool), copies)
+        total = time.process_time() - start
+        actions = episodes.actions.permute(2, 0, 1, 3).reshape(500, 20, -1).clamp(-1, 1).numpy()
+        set_tasks(envs, copies)
+        envs.reset(seed=list(range(20)))
+        start = time.process_time()
+        for action in actions:
+            step(action)
+        replay = time.process_time() - start
+        print(
+            f"{name} rollout {total:.3f} CPU-s, of which envs.step {in_step[0]:.3f} s and the rest "
+            f"{total - in_step[0]:.3f} s; the same steps replayed {replay:.3f} s"
+        )
