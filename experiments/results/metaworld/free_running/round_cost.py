@@ -18,9 +18,11 @@ from metarl.sampler import Rollout
 from metarl.tasks import sample_tasks, set_tasks
 from metarl.workers import KeyedSyncVectorEnv
 
-if __name__ == "__main__":
+
+def one_round(name: str) -> tuple:
+    """20 copies of ML1 task `name` (2 tasks x 10 episodes), a (128, 128) policy with per-task
+    parameters, the 500-step rollout, the copies' tasks and the noise (also used by step_share.py)."""
     torch.set_num_threads(1)
-    name = sys.argv[1] if len(sys.argv) > 1 else "reach-v3"
     env = make_env("MetaRL/ML1-v0", {"env_name": name})
     tasks = sample_tasks(env, 2, np.random.default_rng(0))
     envs = KeyedSyncVectorEnv([env_factory("MetaRL/ML1-v0", {"env_name": name})] * 20, ["success"], copy=False)
@@ -28,7 +30,12 @@ if __name__ == "__main__":
     params = per_task(parameters_of(policy), 2)
     rollout = Rollout(500, env.action_space, "normalize", 1.0, {"success": "any"}, torch.device("cpu"))
     copies = [task for task in tasks for _ in range(10)]
-    noise = torch.randn(500, 2, 10, 4)
+    return envs, policy, params, rollout, copies, torch.randn(500, 2, 10, 4)
+
+
+if __name__ == "__main__":
+    name = sys.argv[1] if len(sys.argv) > 1 else "reach-v3"
+    envs, policy, params, rollout, copies, noise = one_round(name)
     spent: dict[str, list[float]] = {"reset": [], "rollout": [], "policy_actions_replayed": [], "random": []}
     for repeat in range(4):
         set_tasks(envs, copies)

@@ -10,25 +10,13 @@ import time
 
 import numpy as np
 import torch
+from round_cost import one_round  # this folder is on sys.path when the script runs
 
-from metarl.functional import parameters_of, per_task
-from metarl.make import env_factory, make_env
-from metarl.policies import GaussianMLPPolicy
-from metarl.sampler import Rollout
-from metarl.tasks import sample_tasks, set_tasks
-from metarl.workers import KeyedSyncVectorEnv
+from metarl.tasks import set_tasks
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
     name = sys.argv[1] if len(sys.argv) > 1 else "reach-v3"
-    env = make_env("MetaRL/ML1-v0", {"env_name": name})
-    tasks = sample_tasks(env, 2, np.random.default_rng(0))
-    envs = KeyedSyncVectorEnv([env_factory("MetaRL/ML1-v0", {"env_name": name})] * 20, ["success"], copy=False)
-    policy = GaussianMLPPolicy(env.observation_space.shape[0], env.action_space.shape[0], (128, 128))
-    params = per_task(parameters_of(policy), 2)
-    rollout = Rollout(500, env.action_space, "normalize", 1.0, {"success": "any"}, torch.device("cpu"))
-    copies = [task for task in tasks for _ in range(10)]
-    noise = torch.randn(500, 2, 10, 4)
+    envs, policy, params, rollout, copies, noise = one_round(name)
     step = envs.step
     in_step = [0.0]
 
