@@ -538,6 +538,8 @@ def main() -> None:
         "sent and received, Ray's overhead",
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.backends:
         compare_backends(args)
         return
@@ -558,10 +560,11 @@ def main() -> None:
 
     limits: dict[str, float] = {}
     limits.update(physics_rates(config, copies) or {})
-    limits.update(env_step_rates(config, args.env_steps, copies_per_worker(config)))
+    per_worker = copies_per_worker(config)
+    limits.update(env_step_rates(config, args.env_steps, per_worker))
     profile = step_profile(config, args.env_steps)
     samplers = {f"{w}_workers": in_child_process(sampler_rate, config.to_dict(), w) for w in sorted({1, CORES})}
-    if CORES > 1 and copies_per_worker(config) > 1:  # stepped in worker processes: lockstep, the parent's share
+    if CORES > 1 and per_worker > 1:  # stepped in worker processes: lockstep, the parent's share
         samplers[f"{CORES}_workers_lockstep"] = in_child_process(
             sampler_rate, config.to_dict(), CORES, "local", True, False
         )
@@ -570,7 +573,7 @@ def main() -> None:
         )
     rounds = [{**limits, "sampler": samplers[f"{CORES}_workers"]["env_steps_per_s"]}]
     for _ in range(args.rounds - 1):  # the limit, then the sampler right after it
-        again = env_step_rates(config, args.env_steps, copies_per_worker(config))
+        again = env_step_rates(config, args.env_steps, per_worker)
         rounds.append({**again, "sampler": in_child_process(sampler_rate, config.to_dict(), CORES)["env_steps_per_s"]})
     if args.with_ray:  # whole episodes per actor, no lockstep with the learner
         samplers[f"ray_{CORES}_actors"] = in_child_process(sampler_rate, config.to_dict(), CORES, "ray")
