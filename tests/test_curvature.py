@@ -155,9 +155,10 @@ def test_bfloat16_products_match_full_precision_to_bfloat16_accuracy(activation)
     vectors = [torch.randn(p.shape, generator=g) for p in params.values()]
     full = GaussianMLPCurvature(policy, params, episodes.observations)
     low = GaussianMLPCurvature(policy, params, episodes.observations, torch.bfloat16)
-    # 119 packed steps (3 episodes x 40, one masked), padded with zero-weight steps to 128 so that
-    # the matmul shapes repeat from one iteration to the next
-    assert [x.shape[1] for x in low.inputs] == [128] * 3 and full.inputs[0].shape[1] == 119
+    # 119 packed steps (3 episodes x 40, one masked), packed into rows of 120 (`bucketed`) and
+    # padded with zero-weight steps to 128 for bfloat16, so that the matmul shapes repeat from one
+    # iteration to the next
+    assert [x.shape[1] for x in low.inputs] == [128] * 3 and full.inputs[0].shape[1] == 120
     for name in ("reinforce_hessian_product", "fisher_product"):
         arg = episodes if name == "reinforce_hessian_product" else weights
         exact, estimate = flat(getattr(full, name)(arg)(vectors)), flat(getattr(low, name)(arg)(vectors))

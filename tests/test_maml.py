@@ -205,6 +205,23 @@ def test_packing_steps_leaves_the_losses_unchanged(policy):
     torch.testing.assert_close(surrogate_loss(policy, params, packed), surrogate_loss(policy, params, episodes))
 
 
+def test_packed_rows_come_in_a_few_lengths_and_their_padding_changes_no_loss(policy):
+    from metarl.episodes import bucketed, pack_steps
+
+    assert all(n <= bucketed(n) <= n * (1 + 1 / 32) for n in range(1, 10_000))
+    assert [bucketed(n) for n in (1, 20, 63, 64, 65, 119)] == [1, 20, 63, 64, 66, 120]
+    # 2D navigation with spare episodes: 2,038-2,099 valid steps per task, two row lengths
+    assert {bucketed(n) for n in range(2038, 2100)} == {2048, 2112}
+    episodes = synthetic_episodes(torch.Generator().manual_seed(5), episodes=10, horizon=13)
+    episodes = dataclasses.replace(episodes, mask=episodes.mask.clone())
+    episodes.mask[:, 1, -4:] = 0  # 10 x 13 steps, 5 of them masked: 125 valid, a row of 126
+    packed = pack_steps(episodes)
+    assert packed.observations.shape == (2, 1, 126, 2) and packed.mask.sum() == episodes.mask.sum() == 2 * 125
+    params = per_task(parameters_of(policy), 2)
+    torch.testing.assert_close(inner_loss(policy, params, packed), inner_loss(policy, params, episodes))
+    torch.testing.assert_close(surrogate_loss(policy, params, packed), surrogate_loss(policy, params, episodes))
+
+
 def test_conjugate_gradient_solves_and_returns_the_product():
     generator = torch.Generator().manual_seed(0)
     m = torch.randn(6, 6, dtype=torch.float64, generator=generator)

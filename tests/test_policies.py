@@ -4,7 +4,7 @@ import torch
 from torch.distributions import Categorical
 
 from metarl.functional import distribution, parameters_of, per_task
-from metarl.policies import CategoricalMLPPolicy, GaussianMLPPolicy
+from metarl.policies import BatchedLinear, CategoricalMLPPolicy, GaussianMLPPolicy
 
 
 def test_functional_call_equals_module():
@@ -58,3 +58,62 @@ def test_module_parameters_are_not_mutated_by_functional_evaluation():
     distribution(policy, params, torch.zeros(1, 2)).mean.sum().backward()
     for k, v in policy.state_dict().items():
         torch.testing.assert_close(v, before[k])
+
+
+def _plain_linear(x, weight, bias):
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+
+def test_batched_linear_has_autograds_first_and_second_derivatives():
+    """`BatchedLinear`'s hand-written backward gives the gradients, and the gradients of the
+    gradients (second-order MAML), of autograd's own `baddbmm`."""
+    g = torch.Generator().manual_seed(5)
+    x, weight, bias = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((3, 7, 4), (3, 5, 4), (3, 5)))
+    upstream = torch.randn(3, 7, 5, generator=g, dtype=torch.float64)
+    results = []
+    for layer in (BatchedLinear.apply, _plain_linear):
+        inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
+        out = layer(torch.tanh(inputs[0]), inputs[1], inputs[2])
+        first = torch.autograd.grad((torch.tanh(out) * upstream).sum(), inputs, create_graph=True)
+        second = torch.autograd.grad(sum(f.square().sum() for f in first), inputs)
+        results.append([out, *first, *second])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_second_order_gradients_of_a_batched_layer_are_contiguous():
+    """The meta-gradient's pass through the inner step's weight gradient returns the activations'
+    gradient contiguous (autograd's `baddbmm` returns it transposed, and adding it to the
+    activations' other gradient is then several times slower)."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(3, 50, 4, generator=g).requires_grad_()
+    weight, bias = torch.randn(3, 5, 4, generator=g).requires_grad_(), torch.zeros(3, 5, requires_grad=True)
+    contiguous = []
+    for layer in (BatchedLinear.apply, _plain_linear):
+        (weight_grad,) = torch.autograd.grad(layer(x, weight, bias).square().sum(), [weight], create_graph=True)
+        (x_grad,) = torch.autograd.grad(weight_grad.sum(), [x])
+        contiguous.append(x_grad.is_contiguous())
+    assert contiguous == [True, False]
+
+
+def test_batched_linear_under_bfloat16_autocast_has_the_second_derivatives_of_autocast():
+    """Under bfloat16 autocast (``outer.precision``): the same output as autocast's `baddbmm`,
+    float32 gradients for float32 parameters, and second derivatives that agree with autocast's own
+    to bfloat16 accuracy (the casts inside the layer are differentiated too)."""
+    g = torch.Generator().manual_seed(7)
+    x, weight, bias = (torch.randn(*s, generator=g) for s in ((2, 60, 3), (2, 8, 3), (2, 8)))
+    w2 = torch.randn(2, 4, 8, generator=g)
+    results = []
+    for layer in (BatchedLinear.apply, _plain_linear):
+        params = [t.clone().requires_grad_() for t in (weight, bias, w2)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = torch.tanh(layer(x, params[0], params[1]))
+            out = layer(hidden, params[2], torch.zeros(2, 4))
+            first = torch.autograd.grad(out.float().square().sum(), params, create_graph=True)
+        sum(f.square().sum() for f in first).backward()  # second order, outside autocast
+        results.append((out, [p.grad for p in params]))
+    (out, second), (plain_out, plain_second) = results
+    assert out.dtype == torch.bfloat16 and torch.equal(out, plain_out)
+    for a, b in zip(second, plain_second, strict=True):
+        assert a.dtype == torch.float32
+        assert ((a - b).norm() / b.norm()).item() < 2e-2
