@@ -80,8 +80,8 @@ def bucketed(n: int) -> int:
 
     Successive meta-batches then repeat a few row lengths, and glibc's malloc reuses the blocks
     the last iteration freed; with a fresh length each time its heap grows and every iteration
-    faults in new pages (2D navigation with spare episodes, ProMP: 917 instead of 621 MiB after
-    20 iterations, 0.61 instead of 0.44 s per iteration; `experiments/results/benchmark/algorithms/`).
+    faults in new pages (2D navigation with spare episodes, ProMP: 882 instead of 595 MiB after
+    20 iterations; `experiments/results/benchmark/algorithms/promp_changes.txt`).
     """
     granularity = 1 << max(n.bit_length() - 6, 0)
     return -(-n // granularity) * granularity

@@ -36,9 +36,14 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     rows = x.reshape(num_tasks, -1, x.shape[-1])
     if torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad or bias.requires_grad):
         out = BatchedLinear.apply(rows, weight, bias)
-    else:
-        out = torch.baddbmm(bias.unsqueeze(1), rows, weight.transpose(1, 2))
+    else:  # no graph (the sampler's every step): without the autograd.Function's overhead
+        out = batched_affine(rows, weight, bias)
     return out.reshape(*x.shape[:-1], weight.shape[1])
+
+
+def batched_affine(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``x Wᵀ + b`` for ``x [B, N, in]``, ``W [B, out, in]``, ``b [B, out]``: one batched product."""
+    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
 class BatchedLinear(torch.autograd.Function):
@@ -54,7 +59,7 @@ class BatchedLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         ctx.save_for_backward(x, weight)
-        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+        return batched_affine(x, weight, bias)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:

@@ -4,7 +4,7 @@ import torch
 from torch.distributions import Categorical
 
 from metarl.functional import distribution, parameters_of, per_task
-from metarl.policies import BatchedLinear, CategoricalMLPPolicy, GaussianMLPPolicy
+from metarl.policies import BatchedLinear, CategoricalMLPPolicy, GaussianMLPPolicy, batched_affine
 
 
 def test_functional_call_equals_module():
@@ -60,10 +60,6 @@ def test_module_parameters_are_not_mutated_by_functional_evaluation():
         torch.testing.assert_close(v, before[k])
 
 
-def _plain_linear(x, weight, bias):
-    return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-
-
 def test_batched_linear_has_autograds_first_and_second_derivatives():
     """`BatchedLinear`'s hand-written backward gives the gradients, and the gradients of the
     gradients (second-order MAML), of autograd's own `baddbmm`."""
@@ -71,7 +67,7 @@ def test_batched_linear_has_autograds_first_and_second_derivatives():
     x, weight, bias = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((3, 7, 4), (3, 5, 4), (3, 5)))
     upstream = torch.randn(3, 7, 5, generator=g, dtype=torch.float64)
     results = []
-    for layer in (BatchedLinear.apply, _plain_linear):
+    for layer in (BatchedLinear.apply, batched_affine):
         inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
         out = layer(torch.tanh(inputs[0]), inputs[1], inputs[2])
         first = torch.autograd.grad((torch.tanh(out) * upstream).sum(), inputs, create_graph=True)
@@ -89,7 +85,7 @@ def test_second_order_gradients_of_a_batched_layer_are_contiguous():
     x = torch.randn(3, 50, 4, generator=g).requires_grad_()
     weight, bias = torch.randn(3, 5, 4, generator=g).requires_grad_(), torch.zeros(3, 5, requires_grad=True)
     contiguous = []
-    for layer in (BatchedLinear.apply, _plain_linear):
+    for layer in (BatchedLinear.apply, batched_affine):
         (weight_grad,) = torch.autograd.grad(layer(x, weight, bias).square().sum(), [weight], create_graph=True)
         (x_grad,) = torch.autograd.grad(weight_grad.sum(), [x])
         contiguous.append(x_grad.is_contiguous())
@@ -104,7 +100,7 @@ def test_batched_linear_under_bfloat16_autocast_has_the_second_derivatives_of_au
     x, weight, bias = (torch.randn(*s, generator=g) for s in ((2, 60, 3), (2, 8, 3), (2, 8)))
     w2 = torch.randn(2, 4, 8, generator=g)
     results = []
-    for layer in (BatchedLinear.apply, _plain_linear):
+    for layer in (BatchedLinear.apply, batched_affine):
         params = [t.clone().requires_grad_() for t in (weight, bias, w2)]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             hidden = torch.tanh(layer(x, params[0], params[1]))
