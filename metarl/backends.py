@@ -169,7 +169,7 @@ class SamplerActor:
                 episodes = self.sampler.task_episodes(policy, tensors, tasks, seed, noise, first_task)
         arrays = {name: getattr(episodes, name).numpy() for name in FIELDS}
         arrays["metrics"] = {k: v.numpy() for k, v in (episodes.metrics or {}).items()}
-        return arrays, len(noise.steps), time.perf_counter() - start
+        return arrays, noise.used, time.perf_counter() - start
 
 
 class RaySampler(Sampler):

@@ -26,7 +26,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Independent, Normal
 
 from metarl.config import Config
 from metarl.episodes import FIELDS, Episodes, concat_episodes, first_episodes_within, select_tasks, stack_tasks
@@ -73,7 +73,7 @@ class Rollout:
         obs: np.ndarray,
         policy: nn.Module,
         params: Params,
-        act: Callable[[Distribution, int], Tensor],
+        noise: Callable[[int], np.ndarray] | None,
         alive: np.ndarray,
         tasks: Sequence[Any] | None,
         features: np.ndarray | None = None,
@@ -81,46 +81,80 @@ class Rollout:
         beat: Callable[[], None] = lambda: None,
     ) -> Episodes:
         """Step `envs` (just reset to `obs`, copies task-major, ``len(params)`` tasks) until every
-        copy marked `alive` has ended its episode or the horizon; task ``b`` acts with
-        ``act(π_b, t)``. `features` are appended to the observations (an oracle); `first_copy`
-        numbers the copies in errors; ``beat()`` runs before each step."""
+        copy marked `alive` has ended its episode or the horizon. A Gaussian policy acts with
+        ``noise(t)`` (standard-normal ``[B, E, action]``: ``a = ε·σ + μ``); without `noise`, and
+        for other distributions, the policy samples. `features` are appended to the observations
+        (an oracle); `first_copy` numbers the copies in errors; ``beat()`` runs before each step."""
         width = next(iter(params.values())).shape[0]
-        num_episodes = envs.num_envs // width
-        steps: dict[str, list[Tensor]] = {k: [] for k in FIELDS}
-        infos = InfoMetrics(self.info_metrics, envs.num_envs)
+        num_envs = envs.num_envs
+        num_episodes = num_envs // width
+        numpy_actor = getattr(policy, "numpy_actor", None)
+        numpy_steps = numpy_actor is not None and noise is not None and self.device.type == "cpu"
+        actor = numpy_actor(params) if numpy_steps else None
+        # Every step's values go straight into arrays of the whole horizon, one tensor each at the end.
+        obs_size = obs.shape[1] + (0 if features is None else features.shape[1])
+        observations = np.empty((self.horizon, num_envs, obs_size), np.float32)
+        rewards = np.empty((self.horizon, num_envs), np.float32)
+        mask = np.empty((self.horizon, num_envs), np.float32)
+        log_probs = np.empty((self.horizon, num_envs), np.float32)
+        actions: np.ndarray | None = None  # its shape and type come with the first actions
+        infos = InfoMetrics(self.info_metrics, num_envs)
         for t in range(self.horizon):
             _check_finite(obs, "observations", tasks, num_episodes, first_copy)
+            observations[t, :, : obs.shape[1]] = obs
             if features is not None:
-                obs = np.concatenate([obs, features], axis=-1)
-            # A copy: a slice's vector env may hand out its own buffer (worker slices do not copy).
-            obs_t = torch.tensor(obs, dtype=torch.float32, device=self.device)
-            obs_t = obs_t.reshape(width, num_episodes, *obs_t.shape[1:])
-            pi = distribution(policy, params, obs_t)
-            action = act(pi, t)
-            steps["observations"].append(obs_t)
-            steps["actions"].append(action)
-            steps["log_probs"].append(pi.log_prob(action))
-            steps["mask"].append(torch.as_tensor(alive, dtype=torch.float32).reshape(width, num_episodes))
+                observations[t, :, obs.shape[1] :] = features
+            rows = observations[t].reshape(width, num_episodes, obs_size)
+            if actor is not None:
+                action, log_prob = actor.act(rows, noise(t))
+            else:
+                action, log_prob = self._torch_act(policy, params, rows, noise, t)
+            if actions is None:
+                actions = np.empty((self.horizon, num_envs, *action.shape[2:]), action.dtype)
+            actions[t], log_probs[t], mask[t] = action.reshape(num_envs, *action.shape[2:]), log_prob.reshape(-1), alive
 
-            flat = action.reshape(envs.num_envs, *action.shape[2:]).cpu().numpy()
             beat()
             with environment_errors("stepping"):
                 obs, reward, terminated, truncated, info = envs.step(
-                    env_actions(flat, self.action_space, self.action_scaling, self.action_bound)
+                    env_actions(actions[t], self.action_space, self.action_scaling, self.action_bound)
                 )
             _check_finite(reward, "rewards", tasks, num_episodes, first_copy)
             infos.add(info, alive)
-            reward = np.where(alive, reward, 0.0)
-            steps["rewards"].append(torch.as_tensor(reward, dtype=torch.float32).reshape(width, num_episodes))
+            rewards[t] = np.where(alive, reward, 0.0)
             alive &= ~(terminated | truncated)
             if not alive.any():
                 break
-        tensors = {k: torch.stack(v, dim=2).to(self.device) for k, v in steps.items()}
+        steps = t + 1
+
+        def episode_major(values: np.ndarray) -> Tensor:  # [T, copies, ...] -> [B, E, T, ...]
+            tensor = torch.from_numpy(values[:steps]).reshape(steps, width, num_episodes, *values.shape[2:])
+            return tensor.movedim(0, 2).contiguous().to(self.device)
+
         metrics = {
             key: torch.as_tensor(values, dtype=torch.float32, device=self.device).reshape(width, num_episodes)
             for key, values in sorted(infos.result().items())
         }
-        return Episodes(**tensors, metrics=metrics or None)
+        return Episodes(
+            observations=episode_major(observations),
+            actions=episode_major(actions),
+            rewards=episode_major(rewards),
+            mask=episode_major(mask),
+            log_probs=episode_major(log_probs),
+            metrics=metrics or None,
+        )
+
+    def _torch_act(
+        self, policy: nn.Module, params: Params, rows: np.ndarray, noise: Callable[[int], np.ndarray] | None, t: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Actions and their log-probabilities from the policy's torch distribution (on the
+        sampler's device): any policy; `run` steps metarl's Gaussian policy in numpy instead."""
+        pi = distribution(policy, params, torch.from_numpy(rows).to(self.device))
+        base = pi.base_dist if isinstance(pi, Independent) else pi
+        if noise is None or not isinstance(base, Normal):
+            action = pi.sample()
+        else:
+            action = torch.from_numpy(noise(t)).to(base.loc.device) * base.scale + base.loc
+        return action.cpu().numpy(), pi.log_prob(action).cpu().numpy()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +166,7 @@ class SliceWork:
     rollout: Rollout
     policy: nn.Module
     params: Params
-    noise: Tensor
+    noise: np.ndarray
     tasks: list[Any]
     seed: int
     features: np.ndarray | None  # per task (an oracle's observations)
@@ -165,16 +199,7 @@ def _slice_episodes(envs: VectorEnv, work: SliceWork, beat: Callable[[], None]) 
         fill = [rows.stop - 1] * (width - count)  # a short last round repeats its last task
         index = torch.as_tensor([*range(rows.start, rows.stop), *fill])
         tasks = [work.tasks[i] for i in index.tolist()]
-        noise = work.noise[:, index]
-
-        def act(pi: Distribution, t: int, noise: Tensor = noise) -> Tensor:
-            base = pi.base_dist if isinstance(pi, Independent) else pi
-            if not isinstance(base, Normal):
-                raise TypeError(
-                    f"env.free_running draws Gaussian noise, but the policy returned a {type(base).__name__}: "
-                    "set env.free_running: false"
-                )
-            return noise[t] * base.scale + base.loc
+        noise = work.noise[:, index.numpy()]
 
         with environment_errors("setting tasks"):
             set_tasks(envs, [task for task in tasks for _ in range(num_episodes)])
@@ -185,7 +210,9 @@ def _slice_episodes(envs: VectorEnv, work: SliceWork, beat: Callable[[], None]) 
         params = {name: value[index] for name, value in work.params.items()}
         first_copy = work.first_copy + rows.start * num_episodes
         with torch.no_grad(), torch_threads(1):
-            episodes = work.rollout.run(envs, obs, work.policy, params, act, alive, tasks, features, first_copy, beat)
+            episodes = work.rollout.run(
+                envs, obs, work.policy, params, noise.__getitem__, alive, tasks, features, first_copy, beat
+            )
         rounds.append(select_tasks(episodes, slice(0, count)))
     episodes = _join_parts(rounds, torch.device("cpu"))
     arrays: dict[str, Any] = {name: getattr(episodes, name).numpy() for name in FIELDS}
@@ -471,7 +498,7 @@ class Sampler:
         # Bounded: one vector env serves every call, a smaller call fills up the one already built.
         copies_for = max(per_round, *self._vector_envs, 0) if self.max_copies is not None else None
         envs = self._vector_env(copies_for or per_round)
-        if self._runs_free(envs):
+        if self._runs_free(envs, policy):
             return self._free_running_episodes(envs, policy, params, tasks, seed, noise, first_task)
         rounds = []
         for start in range(0, num_tasks, per_round):
@@ -522,13 +549,15 @@ class Sampler:
         alive = np.ones(envs.num_envs, dtype=bool)
         alive[num_tasks * num_episodes :] = False  # the copies that fill up a last round
 
-        def act(pi: Distribution, t: int) -> Tensor:
-            return pi.sample() if noise is None else noise.act(pi, t, rows, width)
+        def round_noise(t: int) -> np.ndarray:
+            return noise.rows(t, rows, width, (num_episodes, *self.action_space.shape), self.horizon)
 
         def stepping() -> None:
             self.busy = ("stepping", time.monotonic(), 1)
 
-        episodes = self.rollout().run(envs, obs, policy, params, act, alive, tasks, features, beat=stepping)
+        episodes = self.rollout().run(
+            envs, obs, policy, params, None if noise is None else round_noise, alive, tasks, features, beat=stepping
+        )
         self.busy = None
         return select_tasks(episodes, slice(0, num_tasks)) if width > num_tasks else episodes
 
@@ -538,14 +567,16 @@ class Sampler:
             self.horizon, self.action_space, self.action_scaling, self.action_bound, self.info_metrics, self.device
         )
 
-    def _runs_free(self, envs: VectorEnv) -> bool:
+    def _runs_free(self, envs: VectorEnv, policy: nn.Module) -> bool:
         """Whether `envs`'s slices run whole episodes on their own (``free_running``): worker
-        processes, Gaussian noise drawn here (a Box action space) and a CPU policy."""
+        processes, a CPU policy that acts with Gaussian noise drawn here, in numpy (metarl's
+        Gaussian policy, `numpy_actor`; other policies step in lockstep)."""
         return (
             self.free_running
             and isinstance(envs, WorkerVectorEnv)
             and isinstance(self.action_space, spaces.Box)
             and self.device.type == "cpu"
+            and hasattr(policy, "numpy_actor")
         )
 
     def _free_running_episodes(
@@ -575,7 +606,7 @@ class Sampler:
                 rollout,
                 policy,
                 {name: value[first:stop].detach() for name, value in params.items()},
-                ahead[:, calls].contiguous(),
+                np.ascontiguousarray(ahead[:, calls]),
                 share,
                 seed + calls.start * num_episodes,
                 None if not self.observe_task else np.stack([task_features(task) for task in share]),
@@ -648,17 +679,18 @@ class AllCopiesNoise:
     """The policy noise of one sampling call, step by step, shared by the parts that run it.
 
     A call over B tasks draws one standard-normal tensor ``[B, E, action]`` per step from torch's
-    generator, as ``Normal.sample`` would for all copies at once (``loc + scale · ε``). Its parts
-    (rounds of `max_copies`, Ray actors) draw those same tensors, in step order, whichever part
-    first reaches a step, and act with their rows; the generator ends where the all-at-once call's
-    would. Discrete policies sample each part on its own (same distribution, other draws).
+    CPU generator, as ``Normal.sample`` would for all copies at once (``loc + scale · ε``), on every
+    device. Its parts (rounds of `max_copies`, worker slices, Ray actors) act with their rows of
+    those same draws; the first part to need the noise draws the horizon's steps, and `finish`
+    leaves the generator where the steps the call took would, as if drawn step by step. Discrete
+    policies sample each part on its own (same distribution, other draws).
     """
 
     def __init__(self, total_tasks: int) -> None:
         self.total_tasks = total_tasks
-        self.steps: list[Tensor] = []
+        self.steps: list[np.ndarray] = []
         self.used = 0  # steps some part acted on: where the generator ends (`finish`)
-        self._states: dict[int, Tensor] = {}  # the generator's state before a step drawn ahead
+        self._states: dict[int, Tensor] = {}  # the generator's state before each step drawn
 
     @staticmethod
     def skip(steps: int, shape: Sequence[int]) -> None:
@@ -667,31 +699,24 @@ class AllCopiesNoise:
         for _ in range(steps):
             torch.empty(tuple(shape)).normal_()
 
-    def _draw(self, t: int, shape: Sequence[int], device: torch.device | str = "cpu") -> Tensor:
-        if len(self.steps) <= t:
-            assert len(self.steps) == t, "rounds reach steps in order"
-            self.steps.append(torch.empty((self.total_tasks, *shape), device=device).normal_())
-        return self.steps[t]
-
-    def act(self, pi: Distribution, t: int, rows: slice, width: int) -> Tensor:
-        """Actions of the round's tasks (`rows` of the all-copies batch) at step `t`."""
-        base = pi.base_dist if isinstance(pi, Independent) else pi
-        if not isinstance(base, Normal):
-            return pi.sample()
-        noise = self._draw(t, base.loc.shape[1:], base.loc.device)[rows]
-        self.used = max(self.used, t + 1)
-        if noise.shape[0] < width:  # a last round's filler tasks: their actions are discarded
-            noise = torch.cat([noise, noise.new_zeros(width - noise.shape[0], *noise.shape[1:])])
-        return noise * base.scale + base.loc
-
-    def ahead(self, steps: int, shape: Sequence[int]) -> Tensor:
-        """The noise of the first `steps` steps at once, ``[steps, B, E, action]`` (on the CPU), for
-        parts that run whole episodes without coming back each step; set `used` to the steps they
-        took, then `finish` rewinds the generator to there."""
+    def ahead(self, steps: int, shape: Sequence[int]) -> np.ndarray:
+        """The noise of the first `steps` steps, ``[steps, B, E, action]``, drawing those not drawn
+        yet. Set `used` to the steps the parts took; `finish` rewinds the generator to there."""
         for t in range(len(self.steps), steps):
             self._states[t] = torch.get_rng_state()
-            self._draw(t, shape)
-        return torch.stack(self.steps[:steps])
+            self.steps.append(torch.empty((self.total_tasks, *shape)).normal_().numpy())
+        return np.stack(self.steps[:steps])
+
+    def rows(self, t: int, rows: slice, width: int, shape: Sequence[int], horizon: int) -> np.ndarray:
+        """The noise of a round's tasks (`rows` of the call) at step `t` of at most `horizon`,
+        zeros for the filler tasks of a short last round up to `width` (their actions are dropped)."""
+        if t >= len(self.steps):
+            self.ahead(horizon, shape)
+        self.used = max(self.used, t + 1)
+        noise = self.steps[t][rows]
+        if noise.shape[0] < width:
+            noise = np.concatenate([noise, np.zeros((width - noise.shape[0], *noise.shape[1:]), noise.dtype)])
+        return noise
 
     def finish(self) -> None:
         """Leave torch's generator where the call's steps took it, not where `ahead` drew to."""

@@ -1,5 +1,6 @@
 """Policies evaluated with explicit (and per-task) parameters."""
 
+import numpy as np
 import torch
 from torch.distributions import Categorical
 
@@ -49,6 +50,29 @@ def test_per_task_parameters_equal_a_loop_over_tasks():
             else:
                 torch.testing.assert_close(batched.mean[b], single.mean)
                 torch.testing.assert_close(batched.stddev[b], single.stddev.expand_as(batched.stddev[b]))
+
+
+def test_numpy_actor_acts_as_the_torch_distribution_within_float32_rounding():
+    """The sampler's numpy forward (`NumpyGaussianActor`): the module's mean, ε·σ + μ as actions
+    and their log-probabilities as ``Normal.log_prob``, also with a clamped log-std."""
+    torch.manual_seed(4)
+    for activation in ("tanh", "relu"):
+        policy = GaussianMLPPolicy(5, 3, (16, 8), activation, min_std=0.2)
+        params = {k: v + 0.3 * torch.randn_like(v) for k, v in per_task(parameters_of(policy), 4).items()}
+        params["log_std"] = torch.tensor([[-3.0, 0.1, 0.5]] * 4)  # the first below log(min_std)
+        obs, noise = torch.randn(4, 6, 5), torch.randn(4, 6, 3)
+        with torch.no_grad():
+            pi = distribution(policy, params, obs)
+            expected = noise * pi.base_dist.scale + pi.base_dist.loc
+            expected_log_probs = pi.log_prob(expected)
+        actor = policy.numpy_actor(params)
+        actions, log_probs = actor.act(obs.numpy(), noise.numpy())
+        assert actions.dtype == log_probs.dtype == np.float32
+        np.testing.assert_allclose(actor.mean(obs.numpy()), pi.mean.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(actions, expected.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(log_probs, expected_log_probs.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(actor.std[:, 0], np.tile([0.2, np.exp(0.1), np.exp(0.5)], (4, 1)), rtol=1e-6)
+    assert policy.numpy_actor(parameters_of(policy)) is None  # no task dimension: torch's forward
 
 
 def test_module_parameters_are_not_mutated_by_functional_evaluation():

@@ -196,7 +196,7 @@ def test_free_running_slices_give_the_lockstep_episodes_and_leave_the_generator_
             torch.manual_seed(0)
             policy = GaussianMLPPolicy(2, 2, (8,))
             batches = [sampler.sample(policy, parameters_of(policy), tasks) for _ in range(2)]
-            assert [sampler._runs_free(envs) for envs in sampler._vector_envs.values()] == [free_running]
+            assert [sampler._runs_free(envs, policy) for envs in sampler._vector_envs.values()] == [free_running]
             return batches, torch.rand(3)
         finally:
             sampler.close()
@@ -229,7 +229,7 @@ def test_a_nan_in_a_free_running_worker_slice_is_the_lockstep_error_and_the_work
         policy = GaussianMLPPolicy(2, 2, (8,))
         with pytest.raises(NonFiniteError, match=r"non-finite rewards \(copy 2, task 7\)"):
             sampler.sample(policy, parameters_of(policy), [4, 7])  # task 7 runs in the worker's slice
-        assert sampler._runs_free(sampler._vector_env(2))
+        assert sampler._runs_free(sampler._vector_env(2), policy)
         assert sampler.sample(policy, parameters_of(policy), [4, 9]).mask.sum() == 26
     finally:
         sampler.close()

@@ -49,7 +49,7 @@ if __name__ == "__main__":
                 obs,
                 policy,
                 params,
-                lambda pi, t: noise[t] * pi.base_dist.scale + pi.base_dist.loc,
+                noise.numpy().__getitem__,
                 np.ones(20, bool),
                 copies,
             )
