@@ -170,9 +170,9 @@ class NumpyGaussianActor:
     """A `GaussianMLPPolicy` with fixed per-task parameters, evaluated in numpy: the sampler's
     every step, between two batches of environment steps.
 
-    By then torch's code is out of the CPU's caches, and its first operation costs about 90 µs
-    instead of 5: torch's forward, noise and log-probabilities took 545 µs per step of 20 Meta-World
-    copies, numpy's forward 60 µs (`experiments/results/metaworld/free_running/`). The arithmetic
+    By then torch's code is out of the CPU's caches, and each of its operations costs 50–100 µs
+    instead of 4: torch's forward, noise and log-probabilities took 460–700 µs per step of 20
+    Meta-World copies, numpy's forward 60–80 µs (`experiments/results/metaworld/free_running/`). The arithmetic
     is the module's (float32; tested equal to it within float32 rounding), not bit for bit.
     """
 

@@ -4,6 +4,8 @@ The vector environment holds ``B × E`` copies ordered task-major (copy ``b * E 
 ``e`` of task ``b``). At every time step the observations are reshaped to ``[B, E, obs]`` and the
 policy is evaluated once with per-task parameters (a leading task dimension), so sampling the
 pre- and post-adaptation episodes of a whole meta-batch has no Python loop over tasks or episodes.
+metarl's Gaussian policy is evaluated there in numpy (`GaussianMLPPolicy.numpy_actor`): between two
+batches of environment steps each torch operation costs 50–100 µs, against 4 in a tight loop.
 
 With worker processes (``env.workers``) the copies are split into slices of whole tasks. By default
 (``env.free_running``) each slice runs its episodes to the end on its own, its process evaluating

@@ -328,9 +328,16 @@ def meta_iterations(config_dict: dict[str, Any], iterations: int, products: bool
             records.append(record)
         logger.close()
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the comparison below
+    worker_pids = [pid for envs in state.sampler._vector_envs.values() for pid in getattr(envs, "worker_pids", ())]
     kept = records[1:] or records  # the first iteration builds the environments
     medians = {key: statistics.median(r.get(key, 0.0) for r in kept) for key in records[0]}
-    result = {"iterations": iterations, "median": medians, "per_iteration": records, "peak_rss_mib": peak_rss_mib}
+    result = {
+        "iterations": iterations,
+        "median": medians,
+        "per_iteration": records,
+        "peak_rss_mib": peak_rss_mib,  # the training process
+        "workers_peak_rss_mib": sum(map(_peak_rss_mib, worker_pids)),  # its worker processes
+    }
     if not products:
         state.sampler.close()
         return result
@@ -626,7 +633,8 @@ def main() -> None:
             print(f"  / {name:<36} " + " ".join(f"{x:.2f}" for x in each) + f"   median {np.median(each):.2f}")
     print(
         f"meta-iteration (median of {max(args.iterations - 1, 1)}): {median['iteration_s']:.3f} s, "
-        f"{median['env_steps']:,.0f} env steps, peak RSS {iteration['peak_rss_mib']:,.0f} MiB"
+        f"{median['env_steps']:,.0f} env steps, peak RSS {iteration['peak_rss_mib']:,.0f} MiB "
+        f"(+ {iteration['workers_peak_rss_mib']:,.0f} MiB in its worker processes)"
     )
     for phase in PHASES:
         print(f"  {phase.removesuffix('_s'):<22} {median.get(phase, 0.0):>8.3f} s  {100 * shares[phase]:5.1f}%")
