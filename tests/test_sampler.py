@@ -1,5 +1,7 @@
 """The batched sampler: shapes, masks, per-task parameters, rewards matching the env's definition."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -36,6 +38,29 @@ def test_shapes_and_rewards_follow_the_environment_definition():
     )
     assert torch.all(episodes.observations[:, :, 0] == 0)
     assert episodes.num_steps == int(episodes.mask.sum())
+
+
+def test_numpy_and_torch_forwards_sample_the_same_episodes_within_float32_rounding():
+    """metarl's Gaussian policy steps in numpy (`numpy_actor`); a policy without one (a user's, or
+    one on a GPU) steps with torch's forward: the same noise, the same episodes up to rounding."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (16, 16))
+    params = {k: v + 0.3 * torch.randn_like(v) for k, v in per_task(parameters_of(policy), 3).items()}
+    runs = []
+    for numpy_actor in (True, False):
+        module = policy
+        if not numpy_actor:
+            module = copy.deepcopy(policy)
+            module.numpy_actor = None  # as a policy without a numpy version
+        torch.manual_seed(1)
+        episodes = make_sampler(seed=5).sample(module, params, GOALS)
+        runs.append((episodes, torch.rand(2)))
+    (numpy_run, after_numpy), (torch_run, after_torch) = runs
+    assert torch.equal(after_numpy, after_torch)  # the same noise drawn from the generator
+    assert torch.equal(numpy_run.mask, torch_run.mask)
+    for field in ("observations", "actions", "rewards", "log_probs"):
+        torch.testing.assert_close(getattr(numpy_run, field), getattr(torch_run, field), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(numpy_run.actions, torch_run.actions)  # two arithmetics, not one path twice
 
 
 def test_mask_stops_after_termination():
