@@ -172,8 +172,9 @@ class NumpyGaussianActor:
 
     By then torch's code is out of the CPU's caches, and each of its operations costs 50–100 µs
     instead of 4: torch's forward, noise and log-probabilities took 460–700 µs per step of 20
-    Meta-World copies, numpy's forward 60–80 µs (`experiments/results/metaworld/free_running/`). The arithmetic
-    is the module's (float32; tested equal to it within float32 rounding), not bit for bit.
+    Meta-World copies, numpy's forward 60–80 µs (`experiments/results/metaworld/free_running/`).
+    The arithmetic is the module's (float32; equal to it within float32 rounding, tested), not bit
+    for bit.
     """
 
     def __init__(

@@ -701,19 +701,22 @@ class AllCopiesNoise:
         for _ in range(steps):
             torch.empty(tuple(shape)).normal_()
 
-    def ahead(self, steps: int, shape: Sequence[int]) -> np.ndarray:
-        """The noise of the first `steps` steps, ``[steps, B, E, action]``, drawing those not drawn
-        yet. Set `used` to the steps the parts took; `finish` rewinds the generator to there."""
+    def _draw(self, steps: int, shape: Sequence[int]) -> None:
+        """Draw the steps before `steps` not drawn yet, remembering the generator's state before each."""
         for t in range(len(self.steps), steps):
             self._states[t] = torch.get_rng_state()
             self.steps.append(torch.empty((self.total_tasks, *shape)).normal_().numpy())
+
+    def ahead(self, steps: int, shape: Sequence[int]) -> np.ndarray:
+        """The noise of the first `steps` steps, ``[steps, B, E, action]``, for parts that run whole
+        episodes on their own. Set `used` to the steps they took; `finish` rewinds the generator."""
+        self._draw(steps, shape)
         return np.stack(self.steps[:steps])
 
     def rows(self, t: int, rows: slice, width: int, shape: Sequence[int], horizon: int) -> np.ndarray:
         """The noise of a round's tasks (`rows` of the call) at step `t` of at most `horizon`,
         zeros for the filler tasks of a short last round up to `width` (their actions are dropped)."""
-        if t >= len(self.steps):
-            self.ahead(horizon, shape)
+        self._draw(horizon, shape)  # all at the first step: no torch call between environment steps
         self.used = max(self.used, t + 1)
         noise = self.steps[t][rows]
         if noise.shape[0] < width:
