@@ -38,44 +38,54 @@ def step_values(infos: Mapping[str, Any], key: str, num_envs: int) -> tuple[np.n
 
 
 class InfoMetrics:
-    """Accumulates `metrics` (key → aggregation) over the steps of `num_envs` lockstep episodes."""
+    """Accumulates `metrics` (key → aggregation) over the steps of `num_envs` lockstep episodes.
 
-    def __init__(self, metrics: Mapping[str, str], num_envs: int) -> None:
+    Each step's values are only written down (`add` runs between two batches of environment steps);
+    they are folded into one value per episode once, in `result`."""
+
+    def __init__(self, metrics: Mapping[str, str], num_envs: int, steps: int = 16) -> None:
         unknown = {how for how in metrics.values() if how not in AGGREGATIONS}
         if unknown:
             raise ValueError(f"unknown aggregation {sorted(unknown)[0]!r}; one of {', '.join(AGGREGATIONS)}")
         self.metrics, self.num_envs = dict(metrics), num_envs
-        self._total = {key: np.zeros(num_envs) for key in metrics}
-        self._count = {key: np.zeros(num_envs) for key in metrics}
-        self._last = {key: np.full(num_envs, np.nan) for key in metrics}
+        self._values = {key: np.zeros((max(steps, 1), num_envs)) for key in metrics}  # [step, copy]
+        self._counted = {key: np.zeros((max(steps, 1), num_envs), bool) for key in metrics}
+        self._steps = 0
         self.seen: set[str] = set()
 
     def add(self, infos: Mapping[str, Any], alive: np.ndarray) -> None:
         """One step's infos; `alive` marks the copies whose episode this step belongs to."""
-        for key, how in self.metrics.items():
-            found = step_values(infos, key, self.num_envs)
-            if found is None:
+        t = self._steps
+        if t == len(next(iter(self._counted.values()), ())):  # room for twice as many steps
+            self._values = {key: np.concatenate([v, np.zeros_like(v)]) for key, v in self._values.items()}
+            self._counted = {key: np.concatenate([c, np.zeros_like(c)]) for key, c in self._counted.items()}
+        self._steps += 1
+        for key in self.metrics:
+            values = infos.get(key)
+            if values is None:
                 continue
             self.seen.add(key)
-            values, present = found
-            counted = alive & present
-            if how == "any":
-                values = (values != 0).astype(np.float64)
-            if how in ("any", "max"):
-                current = np.where(self._count[key] > 0, self._total[key], -np.inf)
-                self._total[key] = np.where(counted, np.maximum(current, values), self._total[key])
-            else:
-                self._total[key] += np.where(counted, values, 0.0)
-            self._last[key] = np.where(counted, values, self._last[key])
-            self._count[key] += counted
+            self._values[key][t] = np.reshape(values, -1)  # one value per copy, or one for all
+            present = infos.get(f"_{key}")  # Gymnasium's mask of the copies that reported the key
+            np.logical_and(alive, True if present is None else np.reshape(present, -1), out=self._counted[key][t])
 
     def result(self) -> dict[str, np.ndarray]:
         """Per copy, the aggregated value of every key some step reported (NaN where none of its steps did)."""
         results = {}
         for key in self.seen:
-            how, count = self.metrics[key], self._count[key]
-            value = self._last[key] if how == "last" else self._total[key]
-            if how == "mean":
-                value = value / np.maximum(count, 1)
+            how = self.metrics[key]
+            values, counted = self._values[key][: self._steps], self._counted[key][: self._steps]
+            count = counted.sum(0)
+            if how == "any":
+                value = ((values != 0) & counted).any(0).astype(np.float64)
+            elif how == "max":
+                value = np.where(counted, values, -np.inf).max(0)
+            elif how == "last":  # the value at each copy's last counted step
+                last = len(counted) - 1 - counted[::-1].argmax(0)
+                value = values[last, np.arange(self.num_envs)]
+            else:
+                value = np.where(counted, values, 0.0).sum(0)
+                if how == "mean":
+                    value = value / np.maximum(count, 1)
             results[key] = np.where(count > 0, value, np.nan)
         return results

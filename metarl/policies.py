@@ -199,9 +199,13 @@ class NumpyGaussianActor:
     def act(self, observations: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Actions ``ε·σ + μ`` for standard-normal `noise` ε ``[B, N, action]``, and their
         log-probabilities ``Σ (−ε²/2 − log σ − log √(2π))`` ``[B, N]``."""
-        actions = noise * self.std + self.mean(observations)
-        log_probs = (-0.5 * np.square(noise) - self.log_std - np.float32(LOG_SQRT_2PI)).sum(-1)
-        return actions, log_probs
+        spread, log_probs = self.noise_terms(noise)
+        return self.mean(observations) + spread, log_probs
+
+    def noise_terms(self, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """What the noise ``[..., B, N, action]`` alone decides of `act`: ``ε·σ`` and the log-probabilities.
+        The sampler computes them for a whole horizon at once (the same numbers as step by step)."""
+        return noise * self.std, (-0.5 * np.square(noise) - self.log_std - np.float32(LOG_SQRT_2PI)).sum(-1)
 
 
 class CategoricalMLPPolicy(nn.Module):

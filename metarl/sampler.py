@@ -17,6 +17,7 @@ lockstep.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -75,7 +76,7 @@ class Rollout:
         obs: np.ndarray,
         policy: nn.Module,
         params: Params,
-        noise: Callable[[int], np.ndarray] | None,
+        noise: np.ndarray | RoundNoise | None,
         alive: np.ndarray,
         tasks: Sequence[Any] | None,
         features: np.ndarray | None = None,
@@ -83,16 +84,19 @@ class Rollout:
         beat: Callable[[], None] = lambda: None,
     ) -> Episodes:
         """Step `envs` (just reset to `obs`, copies task-major, ``len(params)`` tasks) until every
-        copy marked `alive` has ended its episode or the horizon. A Gaussian policy acts with
-        ``noise(t)`` (standard-normal ``[B, E, action]``: ``a = ε·σ + μ``); without `noise`, and
-        for other distributions, the policy samples. `features` are appended to the observations
-        (an oracle); `first_copy` numbers the copies in errors; ``beat()`` runs before each step."""
+        copy marked `alive` has ended its episode or the horizon. A Gaussian policy acts with the
+        standard-normal `noise` of the horizon ``[T, B, E, action]`` (``a = ε·σ + μ``); without
+        `noise`, and for other distributions, the policy samples. `features` are appended to the
+        observations (an oracle); `first_copy` numbers the copies in errors; ``beat()`` runs before
+        each step."""
         width = next(iter(params.values())).shape[0]
         num_envs = envs.num_envs
         num_episodes = num_envs // width
         numpy_actor = getattr(policy, "numpy_actor", None)
         numpy_steps = numpy_actor is not None and noise is not None and self.device.type == "cpu"
         actor = numpy_actor(params) if numpy_steps else None
+        if actor is not None:  # the noise's share of every step's actions and log-probabilities, at once
+            noise_actions, noise_log_probs = actor.noise_terms(noise[: self.horizon])
         # Every step's values go straight into arrays of the whole horizon, one tensor each at the end.
         obs_size = obs.shape[1] + (0 if features is None else features.shape[1])
         observations = np.empty((self.horizon, num_envs, obs_size), np.float32)
@@ -100,15 +104,17 @@ class Rollout:
         mask = np.empty((self.horizon, num_envs), np.float32)
         log_probs = np.empty((self.horizon, num_envs), np.float32)
         actions: np.ndarray | None = None  # its shape and type come with the first actions
-        infos = InfoMetrics(self.info_metrics, num_envs)
+        infos = InfoMetrics(self.info_metrics, num_envs, self.horizon)
+        suspect = True  # whether `obs` may hold a NaN or infinity, to be found before the policy sees it
         for t in range(self.horizon):
-            _check_finite(obs, "observations", tasks, num_episodes, first_copy)
+            if suspect:
+                _check_finite(obs, "observations", tasks, num_episodes, first_copy)
             observations[t, :, : obs.shape[1]] = obs
             if features is not None:
                 observations[t, :, obs.shape[1] :] = features
             rows = observations[t].reshape(width, num_episodes, obs_size)
             if actor is not None:
-                action, log_prob = actor.act(rows, noise(t))
+                action, log_prob = actor.mean(rows) + noise_actions[t], noise_log_probs[t]
             else:
                 action, log_prob = self._torch_act(policy, params, rows, noise, t)
             if actions is None:
@@ -120,7 +126,9 @@ class Rollout:
                 obs, reward, terminated, truncated, info = envs.step(
                     env_actions(actions[t], self.action_space, self.action_scaling, self.action_bound)
                 )
-            _check_finite(reward, "rewards", tasks, num_episodes, first_copy)
+            suspect = not math.isfinite(np.sum(obs) + np.sum(reward))  # one cheap test; the names if it fails
+            if suspect:
+                _check_finite(reward, "rewards", tasks, num_episodes, first_copy)
             infos.add(info, alive)
             rewards[t] = np.where(alive, reward, 0.0)
             alive &= ~(terminated | truncated)
@@ -146,7 +154,7 @@ class Rollout:
         )
 
     def _torch_act(
-        self, policy: nn.Module, params: Params, rows: np.ndarray, noise: Callable[[int], np.ndarray] | None, t: int
+        self, policy: nn.Module, params: Params, rows: np.ndarray, noise: np.ndarray | RoundNoise | None, t: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """Actions and their log-probabilities from the policy's torch distribution (on the
         sampler's device): any policy; `run` steps metarl's Gaussian policy in numpy instead."""
@@ -155,7 +163,7 @@ class Rollout:
         if noise is None or not isinstance(base, Normal):
             action = pi.sample()
         else:
-            action = torch.from_numpy(noise(t)).to(base.loc.device) * base.scale + base.loc
+            action = torch.from_numpy(noise[t]).to(base.loc.device) * base.scale + base.loc
         return action.cpu().numpy(), pi.log_prob(action).cpu().numpy()
 
 
@@ -212,9 +220,7 @@ def _slice_episodes(envs: VectorEnv, work: SliceWork, beat: Callable[[], None]) 
         params = {name: value[index] for name, value in work.params.items()}
         first_copy = work.first_copy + rows.start * num_episodes
         with torch.no_grad(), torch_threads(1):
-            episodes = work.rollout.run(
-                envs, obs, work.policy, params, noise.__getitem__, alive, tasks, features, first_copy, beat
-            )
+            episodes = work.rollout.run(envs, obs, work.policy, params, noise, alive, tasks, features, first_copy, beat)
         rounds.append(select_tasks(episodes, slice(0, count)))
     episodes = _join_parts(rounds, torch.device("cpu"))
     arrays: dict[str, Any] = {name: getattr(episodes, name).numpy() for name in FIELDS}
@@ -551,15 +557,15 @@ class Sampler:
         alive = np.ones(envs.num_envs, dtype=bool)
         alive[num_tasks * num_episodes :] = False  # the copies that fill up a last round
 
-        def round_noise(t: int) -> np.ndarray:
-            return noise.rows(t, rows, width, (num_episodes, *self.action_space.shape), self.horizon)
+        shape = (num_episodes, *self.action_space.shape)
+        round_noise = None if noise is None else RoundNoise(noise, rows, width, shape, self.horizon)
 
         def stepping() -> None:
             self.busy = ("stepping", time.monotonic(), 1)
 
-        episodes = self.rollout().run(
-            envs, obs, policy, params, None if noise is None else round_noise, alive, tasks, features, beat=stepping
-        )
+        episodes = self.rollout().run(envs, obs, policy, params, round_noise, alive, tasks, features, beat=stepping)
+        if round_noise is not None and round_noise.drawn:
+            noise.used = max(noise.used, episodes.mask.shape[2])
         self.busy = None
         return select_tasks(episodes, slice(0, num_tasks)) if width > num_tasks else episodes
 
@@ -713,19 +719,30 @@ class AllCopiesNoise:
         self._draw(steps, shape)
         return np.stack(self.steps[:steps])
 
-    def rows(self, t: int, rows: slice, width: int, shape: Sequence[int], horizon: int) -> np.ndarray:
-        """The noise of a round's tasks (`rows` of the call) at step `t` of at most `horizon`,
-        zeros for the filler tasks of a short last round up to `width` (their actions are dropped)."""
-        self._draw(horizon, shape)  # all at the first step: no torch call between environment steps
-        self.used = max(self.used, t + 1)
-        noise = self.steps[t][rows]
-        if noise.shape[0] < width:
-            noise = np.concatenate([noise, np.zeros((width - noise.shape[0], *noise.shape[1:]), noise.dtype)])
-        return noise
-
     def finish(self) -> None:
         """Leave torch's generator where the call's steps took it, not where `ahead` drew to."""
         if len(self.steps) > self.used and self.used in self._states:
             torch.set_rng_state(self._states[self.used])
             del self.steps[self.used :]
         self._states.clear()
+
+
+class RoundNoise:
+    """A round's rows of a call's noise ``[T, width, E, action]`` (`AllCopiesNoise`), drawn for the
+    whole horizon at first use: a policy that samples on its own (categorical) never draws it. The
+    filler tasks of a short last round, up to `width`, get zeros (their actions are dropped)."""
+
+    def __init__(self, noise: AllCopiesNoise, rows: slice, width: int, shape: Sequence[int], horizon: int) -> None:
+        self.noise, self.rows, self.width, self.shape, self.horizon = noise, rows, width, tuple(shape), horizon
+        self._array: np.ndarray | None = None
+
+    @property
+    def drawn(self) -> bool:
+        return self._array is not None
+
+    def __getitem__(self, index: int | slice) -> np.ndarray:
+        if self._array is None:
+            array = self.noise.ahead(self.horizon, self.shape)[:, self.rows]
+            missing = self.width - array.shape[1]
+            self._array = np.concatenate([array, np.zeros((len(array), missing, *array.shape[2:]), array.dtype)], 1)
+        return self._array[index]

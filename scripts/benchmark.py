@@ -21,8 +21,9 @@ fresh child process where noted):
 
 It prints a table with the ratios sampler / limits and each phase's share, and writes JSON. A
 benchmark, not a test: the machine's load moves the numbers, so compare ratios taken in one run;
-``--rounds N`` measures the all-cores limits and the sampler N times, alternated, and reports each
-round's ratio and their median.
+``--rounds N`` then measures the sampler N more times, each between two measurements of the
+all-cores limits, and reports each round's ratio to the mean of the limits on either side of it
+(a drift of the host's speed falls on both) and their median.
 
     python scripts/benchmark.py experiments/navigation_2d.yaml --algorithms trpo,promp,ppo
 
@@ -517,8 +518,8 @@ def main() -> None:
         "--rounds",
         type=int,
         default=1,
-        help="measure the all-cores env.step limits and the sampler with all workers this many times, alternated, "
-        "and report each round's ratio and their median (the host's speed drifts from minute to minute)",
+        help="with N > 1, time the sampler with all workers N more times, each between two measurements of the "
+        "all-cores env.step limits, and report each round's ratio and their median (the host's speed drifts)",
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -578,10 +579,14 @@ def main() -> None:
         samplers[f"{CORES}_workers_none_in_parent"] = in_child_process(
             sampler_rate, config.to_dict(), CORES, "local", False
         )
-    rounds = [{**limits, "sampler": samplers[f"{CORES}_workers"]["env_steps_per_s"]}]
-    for _ in range(args.rounds - 1):  # the limit, then the sampler right after it
-        again = env_step_rates(config, args.env_steps, per_worker)
-        rounds.append({**again, "sampler": in_child_process(sampler_rate, config.to_dict(), CORES)["env_steps_per_s"]})
+    rounds = []  # with --rounds N: N more samplers, each between two measurements of the limits
+    before = env_step_rates(config, args.env_steps, per_worker) if args.rounds > 1 else {}
+    for _ in range(args.rounds if args.rounds > 1 else 0):
+        rate = in_child_process(sampler_rate, config.to_dict(), CORES)["env_steps_per_s"]
+        after = env_step_rates(config, args.env_steps, per_worker)
+        means = {name: (before[name] + after[name]) / 2 for name in after}
+        rounds.append({**means, "sampler": rate, "limits_before": before, "limits_after": after})
+        before = after
     if args.with_ray:  # whole episodes per actor, no lockstep with the learner
         samplers[f"ray_{CORES}_actors"] = in_child_process(sampler_rate, config.to_dict(), CORES, "ray")
     iteration = in_child_process(meta_iterations, config.to_dict(), args.iterations)
@@ -626,8 +631,8 @@ def main() -> None:
             f"({sample['env_steps']:,} steps, {sample['env_copies']} env copies, "
             f"{sample['total_peak_rss_mib']:,.0f} MiB)"
         )
-    if len(rounds) > 1:
-        print(f"{CORES} workers against the limits measured just before, {len(rounds)} rounds alternated:")
+    if rounds:
+        print(f"{CORES} workers against the mean of the limits measured just before and after, {len(rounds)} rounds:")
         for name in (k for k in rounds[0] if k.startswith("env_step_all_cores")):
             each = [r["sampler"] / r[name] for r in rounds]
             print(f"  / {name:<36} " + " ".join(f"{x:.2f}" for x in each) + f"   median {np.median(each):.2f}")

@@ -98,6 +98,24 @@ def test_info_metrics_fold_a_hand_made_info_sequence():
     assert set(InfoMetrics({"missing": "any"}, 2).result()) == set()
 
 
+def test_info_metrics_make_room_for_more_steps_than_announced():
+    rng = np.random.default_rng(0)
+    steps = [{"x": rng.integers(0, 3, 4).astype(float), "_x": rng.random(4) < 0.7} for _ in range(11)]
+    alive = [rng.random(4) < 0.8 for _ in range(11)]
+    for how in ("any", "mean", "sum", "max", "last"):
+        small, large = InfoMetrics({"x": how}, 4, steps=2), InfoMetrics({"x": how}, 4, steps=64)
+        for infos, live in zip(steps, alive, strict=True):
+            small.add(infos, live)
+            large.add(infos, live)
+        np.testing.assert_array_equal(small.result()["x"], large.result()["x"])
+        for copy in range(4):  # against the definition, copy by copy
+            pairs = zip(steps, alive, strict=True)
+            seen = [infos["x"][copy] for infos, live in pairs if live[copy] and infos["_x"][copy]]
+            fold = {"any": lambda v: float(any(v)), "mean": np.mean, "sum": sum, "max": max, "last": lambda v: v[-1]}
+            expected = fold[how](seen) if seen else np.nan
+            np.testing.assert_allclose(small.result()["x"][copy], expected, rtol=1e-12)
+
+
 def sampler_for(env_id, **kwargs):
     kwargs = {"horizon": 6, "seed": 3, **kwargs}
     return Sampler(env_id, episodes_per_task=3, info_metrics={"success": "any", "score": "mean"}, **kwargs)

@@ -38,7 +38,7 @@ if __name__ == "__main__":
     for _ in range(3):
         start = time.perf_counter()
         with torch.no_grad():
-            act = noise.numpy().__getitem__  # the Gaussian noise of step t
+            act = noise.numpy()  # the Gaussian noise of the horizon
             rollout.run(envs, envs.obs, policy, params, act, np.ones(20, bool), [0, 1])
         loop = time.perf_counter() - start
         start = time.perf_counter()

@@ -74,7 +74,7 @@ if __name__ == "__main__":
 
     torch_policy = copy.deepcopy(policy)
     torch_policy.numpy_actor = None  # the new loop's torch path
-    steps = noise.numpy().__getitem__  # the Gaussian noise of step t
+    steps = noise.numpy()  # the Gaussian noise of the horizon
     loops = {
         "before": lambda obs: loop_before(rollout, envs, obs, policy, params, act, np.ones(20, bool), copies),
         "torch": lambda obs: rollout.run(envs, obs, torch_policy, params, steps, np.ones(20, bool), copies),

@@ -49,7 +49,7 @@ if __name__ == "__main__":
                 obs,
                 policy,
                 params,
-                noise.numpy().__getitem__,
+                noise.numpy(),
                 np.ones(20, bool),
                 copies,
             )

@@ -63,7 +63,7 @@ if __name__ == "__main__":
         start = time.perf_counter()
         obs, _ = envs.reset(seed=list(range(20)))
         with torch.no_grad():
-            rollout.run(envs, obs, policy, params, noise.numpy().__getitem__, np.ones(20, bool), copies)
+            rollout.run(envs, obs, policy, params, noise.numpy(), np.ones(20, bool), copies)
         return 10000 / (time.perf_counter() - start)
 
     layers = {"one copy": one_copy, "20 copies, a loop": loop_of_copies, "vector env": vector_env}

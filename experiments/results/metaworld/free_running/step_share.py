@@ -33,7 +33,7 @@ if __name__ == "__main__":
         in_step[0] = 0.0
         start = time.process_time()
         with torch.no_grad():
-            act = noise.numpy().__getitem__  # the Gaussian noise of step t
+            act = noise.numpy()  # the Gaussian noise of the horizon
             episodes = rollout.run(envs, obs, policy, params, act, np.ones(20, bool), copies)
         total = time.process_time() - start
         actions = episodes.actions.permute(2, 0, 1, 3).reshape(500, 20, -1).clamp(-1, 1).numpy()
