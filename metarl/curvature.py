@@ -29,6 +29,10 @@ from metarl.functional import Params
 from metarl.policies import GaussianMLPPolicy
 
 Product = Callable[[list[Tensor]], list[Tensor]]
+ChunkProduct = Callable[[slice, dict[str, Tensor]], dict[str, Tensor]]
+# Steps per group of tasks in `GaussianMLPCurvature`'s products: a product's intermediate values take
+# about ten floats per step and hidden unit, ~120 MiB for 25,000 steps of a (128, 128) policy.
+CHUNK_ROWS = 25_000
 
 
 def autograd_hessian(loss: Callable[[Params], Tensor], at: Params) -> Product:
@@ -44,6 +48,13 @@ def autograd_hessian(loss: Callable[[Params], Tensor], at: Params) -> Product:
     return product
 
 
+def task_chunks(num_tasks: int, steps_per_task: int, chunk_rows: int | None = None) -> list[slice]:
+    """Consecutive groups of tasks of about `chunk_rows` (default `CHUNK_ROWS`) steps in all, at least
+    one task each."""
+    per_chunk = max(1, (chunk_rows or CHUNK_ROWS) // max(steps_per_task, 1))
+    return [slice(a, min(a + per_chunk, num_tasks)) for a in range(0, num_tasks, per_chunk)]
+
+
 class GaussianMLPCurvature:
     """Cached forward and backward passes of a `GaussianMLPPolicy` with per-task parameters.
 
@@ -54,10 +65,17 @@ class GaussianMLPCurvature:
         dtype: arithmetic of the products (default: the parameters'). The forward pass is done in
             the parameters' dtype, the cached passes are then stored in `dtype`, and each product
             returns the parameters' dtype; ``torch.bfloat16`` is the trust region's cheap estimate.
+        chunk_rows: steps per group of tasks a product runs over (`task_chunks`; the numbers do
+            not depend on it).
     """
 
     def __init__(
-        self, policy: GaussianMLPPolicy, params: Params, observations: Tensor, dtype: torch.dtype | None = None
+        self,
+        policy: GaussianMLPPolicy,
+        params: Params,
+        observations: Tensor,
+        dtype: torch.dtype | None = None,
+        chunk_rows: int | None = None,
     ) -> None:
         self.names = [name for name, _ in policy.named_parameters()]
         self.num_layers = len(policy.mean.layers)
@@ -76,6 +94,9 @@ class GaussianMLPCurvature:
         # Forward pass: the input of every layer, and φ'(z), φ''(z) of the hidden layers.
         num_tasks = observations.shape[0]
         h = self._rows(observations.reshape(num_tasks, -1, observations.shape[-1]).detach())
+        # Products run over groups of tasks of about `chunk_rows` steps: each task's numbers are its own,
+        # so only the memory of a product's intermediate values changes (a quarter at ML1's sizes).
+        self.chunks = task_chunks(num_tasks, h.shape[1], chunk_rows)
         self.inputs, self.slopes = [], []
         for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
             self.inputs.append(h.to(self.dtype))
@@ -102,31 +123,38 @@ class GaussianMLPCurvature:
         return torch.nn.functional.pad(x, (0, 0, 0, -x.shape[1] % 64))
 
     def _low(self, vectors: list[Tensor]) -> dict[str, Tensor]:
-        return {name: v.to(self.dtype) for name, v in zip(self.names, vectors, strict=True)}
+        """The vectors in the products' arithmetic (log σ's part stays in the parameters' dtype)."""
+        return {name: v if name == "log_std" else v.to(self.dtype) for name, v in zip(self.names, vectors, strict=True)}
 
     def _out(self, out: dict[str, Tensor]) -> list[Tensor]:
         return [out[name].to(self.out_dtype) for name in self.names]
 
-    def _forward_tangent(self, vectors: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def _by_chunks(self, vectors: list[Tensor], chunk_product: ChunkProduct) -> list[Tensor]:
+        """``chunk_product(rows, vectors[rows])`` for every chunk of tasks, joined along the tasks."""
+        low = self._low(vectors)
+        pieces = [chunk_product(rows, {name: v[rows] for name, v in low.items()}) for rows in self.chunks]
+        return self._out({name: torch.cat([piece[name] for piece in pieces]) for name in self.names})
+
+    def _forward_tangent(self, rows: slice, vectors: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """``R{z_l}`` of every layer's pre-activation (the last is R{μ}) and ``R{h_l}`` of every hidden
-        layer's output: the directional derivatives along `vectors`."""
+        layer's output for the tasks `rows`: the directional derivatives along `vectors`."""
         tangents, input_tangents, rh = [], [], None
         for i, (weight, h) in enumerate(zip(self.weights, self.inputs, strict=True)):
             dw, db = vectors[f"mean.layers.{i}.weight"], vectors[f"mean.layers.{i}.bias"]
-            rz = torch.baddbmm(db.unsqueeze(1), h, dw.transpose(1, 2))
+            rz = torch.baddbmm(db.unsqueeze(1), h[rows], dw.transpose(1, 2))
             if rh is not None:
-                rz.baddbmm_(rh, weight.transpose(1, 2))
+                rz.baddbmm_(rh, weight[rows].transpose(1, 2))
             tangents.append(rz)
             if i < self.num_layers - 1:
-                rh = self.slopes[i] * rz
+                rh = self.slopes[i][rows] * rz
                 input_tangents.append(rh)
         return tangents, input_tangents
 
-    def _layer_gradients(self, deltas: list[Tensor], extra: list[Tensor | None]) -> dict[str, Tensor]:
-        """``δ_lᵀ h_{l-1}`` (+ `extra` inputs' terms) and ``Σ δ_l`` for every layer."""
+    def _layer_gradients(self, rows: slice, deltas: list[Tensor], extra: list[Tensor | None]) -> dict[str, Tensor]:
+        """``δ_lᵀ h_{l-1}`` (+ `extra` inputs' terms) and ``Σ δ_l`` for every layer, for the tasks `rows`."""
         out = {}
         for i, delta in enumerate(deltas):
-            grad_w = torch.bmm(delta.transpose(1, 2), self.inputs[i])
+            grad_w = torch.bmm(delta.transpose(1, 2), self.inputs[i][rows])
             if extra[i] is not None:
                 grad_w = grad_w + extra[i]
             out[f"mean.layers.{i}.weight"] = grad_w
@@ -142,19 +170,18 @@ class GaussianMLPCurvature:
         scale = (w / self.var).to(self.dtype)  # ∂²KL/∂μ² = 1/σ²
         log_std_curvature = 2 * w.sum(1)  # ∂²KL/∂(log σ)² = 2
 
-        def product(vectors: list[Tensor]) -> list[Tensor]:
-            v = self._low(vectors)
-            tangents, _ = self._forward_tangent(v)
-            delta = scale * tangents[-1]
+        def chunk_product(rows: slice, v: dict[str, Tensor]) -> dict[str, Tensor]:
+            tangents, _ = self._forward_tangent(rows, v)
+            delta = scale[rows] * tangents[-1]
             deltas = [delta]
             for i in range(self.num_layers - 1, 0, -1):
-                delta = self.slopes[i - 1] * torch.bmm(delta, self.weights[i])
+                delta = self.slopes[i - 1][rows] * torch.bmm(delta, self.weights[i][rows])
                 deltas.insert(0, delta)
-            out = self._layer_gradients(deltas, [None] * self.num_layers)
-            out["log_std"] = log_std_curvature * vectors[self.names.index("log_std")] * self.active_log_std
-            return self._out(out)
+            out = self._layer_gradients(rows, deltas, [None] * self.num_layers)
+            out["log_std"] = log_std_curvature[rows] * v["log_std"] * self.active_log_std[rows]
+            return out
 
-        return product
+        return lambda vectors: self._by_chunks(vectors, chunk_product)
 
     def reinforce_hessian_product(self, episodes: Episodes) -> Product:
         """``v -> ∇²L v`` for the inner loss ``L = Σ_b -mean_n log π(a_n|s_n) Â_n`` of `inner_loss`."""
@@ -178,27 +205,26 @@ class GaussianMLPCurvature:
             deltas.insert(0, self.slopes[i - 1] * back)
         mean_curvature = mean_curvature.to(self.dtype)
 
-        def product(vectors: list[Tensor]) -> list[Tensor]:
-            v = self._low(vectors)
-            v_log_std = (vectors[self.names.index("log_std")] * self.active_log_std).unsqueeze(1)
-            tangents, input_tangents = self._forward_tangent(v)
-            r_delta = mean_curvature * tangents[-1] - (2 * e * v_log_std).to(self.dtype)
+        def chunk_product(rows: slice, v: dict[str, Tensor]) -> dict[str, Tensor]:
+            v_log_std = (v["log_std"] * self.active_log_std[rows]).unsqueeze(1)
+            tangents, input_tangents = self._forward_tangent(rows, v)
+            r_delta = mean_curvature[rows] * tangents[-1] - (2 * e[rows] * v_log_std).to(self.dtype)
             r_deltas, extra = [r_delta], [None] * self.num_layers
             for i in range(self.num_layers - 1, 0, -1):
                 dw = v[f"mean.layers.{i}.weight"]
-                r_back = torch.bmm(r_delta, self.weights[i]).baddbmm_(deltas[i], dw)
-                r_delta = self.slopes[i - 1] * r_back
+                r_back = torch.bmm(r_delta, self.weights[i][rows]).baddbmm_(deltas[i][rows], dw)
+                r_delta = self.slopes[i - 1][rows] * r_back
                 if bent_backs[i - 1] is not None:
-                    r_delta = r_delta + bent_backs[i - 1] * tangents[i - 1]
+                    r_delta = r_delta + bent_backs[i - 1][rows] * tangents[i - 1]
                 r_deltas.insert(0, r_delta)
                 # δ_lᵀ R{h_{l-1}}: the layer input's own directional derivative.
-                extra[i] = torch.bmm(deltas[i].transpose(1, 2), input_tangents[i - 1])
-            out = self._layer_gradients(r_deltas, extra)
-            hv_log_std = (-2 * e * tangents[-1].to(e.dtype)).sum(1) + log_std_curvature * v_log_std.squeeze(1)
-            out["log_std"] = hv_log_std * self.active_log_std
-            return self._out(out)
+                extra[i] = torch.bmm(deltas[i][rows].transpose(1, 2), input_tangents[i - 1])
+            out = self._layer_gradients(rows, r_deltas, extra)
+            tangent_term = (-2 * e[rows] * tangents[-1].to(e.dtype)).sum(1)
+            out["log_std"] = (tangent_term + log_std_curvature[rows] * v_log_std.squeeze(1)) * self.active_log_std[rows]
+            return out
 
-        return product
+        return lambda vectors: self._by_chunks(vectors, chunk_product)
 
 
 def supports_fast_curvature(policy: nn.Module) -> bool:

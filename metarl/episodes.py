@@ -138,6 +138,14 @@ def select_tasks(episodes: Episodes, rows: slice | Tensor) -> Episodes:
     return Episodes(**{f: getattr(episodes, f)[rows] for f in FIELDS}, metrics=metrics)
 
 
+def task_rows(episodes: Episodes, rows: slice) -> Episodes:
+    """The episodes of the tasks `rows`, with every field they carry (advantages too)."""
+    values = {f.name: getattr(episodes, f.name) for f in dataclasses.fields(Episodes)}
+    sliced = {name: value if value is None or name == "metrics" else value[rows] for name, value in values.items()}
+    metrics = None if episodes.metrics is None else {k: v[rows] for k, v in episodes.metrics.items()}
+    return Episodes(**{**sliced, "metrics": metrics})
+
+
 def _join_metrics(batches: Sequence[Episodes], join: Callable[[list[Tensor]], Tensor]) -> dict[str, Tensor] | None:
     """The info metrics of batches being joined: those that every batch has."""
     if any(b.metrics is None for b in batches):

@@ -136,10 +136,15 @@ def surrogate_loss(policy: nn.Module, adapted: Params, episodes: Episodes, pi: D
     At the sampling parameters the ratio is 1 and its gradient is the policy gradient. `pi`: π_θ'
     on ``episodes.observations``, if already computed.
     """
+    return surrogate_losses(policy, adapted, episodes, pi).mean()
+
+
+def surrogate_losses(policy: nn.Module, adapted: Params, episodes: Episodes, pi: Distribution | None = None) -> Tensor:
+    """`surrogate_loss` of every task, ``[B]``."""
     pi = distribution(policy, adapted, episodes.observations) if pi is None else pi
     log_probs = pi.log_prob(episodes.actions)
     ratio = torch.exp(log_probs - episodes.log_probs)
-    return -masked_mean(ratio * episodes.advantages, episodes.mask, dim=(-2, -1)).mean()
+    return -masked_mean(ratio * episodes.advantages, episodes.mask, dim=(-2, -1))
 
 
 def mean_kl(old: Distribution, new: Distribution, mask: Tensor) -> Tensor:

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from metarl.curvature import GaussianMLPCurvature, autograd_hessian, supports_fast_curvature
+import metarl.curvature
+from metarl.curvature import GaussianMLPCurvature, autograd_hessian, supports_fast_curvature, task_chunks
 from metarl.episodes import Episodes, pack_steps
 from metarl.functional import detach, distribution, flat, parameters_of, per_task
 from metarl.inner import InnerLoop, inner_loss
@@ -84,6 +85,42 @@ def test_a_clamped_log_std_has_no_curvature():
     vectors = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params.values()]
     fast = GaussianMLPCurvature(policy, params, episodes.observations).reinforce_hessian_product(episodes)
     torch.testing.assert_close(flat(fast(vectors)), flat(reference(vectors)))
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_products_over_groups_of_tasks_are_those_over_all_tasks_bit_for_bit(dtype):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, (7, 5), "tanh", init_std=0.8)
+    g = torch.Generator().manual_seed(5)
+    episodes = pack_steps(synthetic_episodes(g, tasks=5, obs_dim=3, dtype=torch.float32))
+    params = {k: v.float() for k, v in perturbed_params(policy, 5, g).items()}
+    weights = episodes.mask / episodes.mask.sum((-2, -1), keepdim=True) / 5
+    vectors = [torch.randn(p.shape, generator=g) for p in params.values()]
+    steps = episodes.mask.shape[-1] + (-episodes.mask.shape[-1] % 64 if dtype else 0)
+    assert task_chunks(5, steps, 2 * steps) == [slice(0, 2), slice(2, 4), slice(4, 5)]
+    whole = GaussianMLPCurvature(policy, params, episodes.observations, dtype, chunk_rows=10**9)
+    groups = GaussianMLPCurvature(policy, params, episodes.observations, dtype, chunk_rows=2 * steps)
+    assert len(whole.chunks) == 1 and len(groups.chunks) == 3
+    for one, other in (
+        (whole.fisher_product(weights), groups.fisher_product(weights)),
+        (whole.reinforce_hessian_product(episodes), groups.reinforce_hessian_product(episodes)),
+    ):
+        assert all(torch.equal(a, b) for a, b in zip(one(vectors), other(vectors), strict=True))
+
+
+def test_the_meta_gradient_over_groups_of_tasks_is_the_one_over_all_tasks_bit_for_bit(monkeypatch):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (6, 5), "tanh", init_std=0.7)
+    g = torch.Generator().manual_seed(6)
+    inner, outer = (pack_steps(synthetic_episodes(g, tasks=5, dtype=torch.float32)) for _ in range(2))
+    batch = MetaBatch(list(range(5)), (inner,), outer, ())
+    results = []
+    for rows in (10**9, 1):  # all tasks at once, then one task at a time
+        monkeypatch.setattr(metarl.curvature, "CHUNK_ROWS", rows)
+        curvature = adaptation_curvature(policy, batch, InnerLoop(0.5))
+        loss, gradient = curvature.meta_gradient(policy, batch.outer)
+        results.append((loss, gradient, curvature.kl_hessian_product(0.1)(torch.ones_like(gradient))))
+    assert all(torch.equal(whole, chunked) for whole, chunked in zip(*results, strict=True))
 
 
 @pytest.mark.parametrize("steps", [1, 2])

@@ -21,11 +21,11 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from metarl.config import OuterConfig
-from metarl.curvature import GaussianMLPCurvature, Product, autograd_hessian, supports_fast_curvature
-from metarl.episodes import Episodes, every_nth_step
+from metarl.curvature import GaussianMLPCurvature, Product, autograd_hessian, supports_fast_curvature, task_chunks
+from metarl.episodes import Episodes, every_nth_step, task_rows
 from metarl.functional import Params, assign, detach, distribution, flat, parameters_of, per_task
 from metarl.inner import InnerLoop, StepSize, check_finite
-from metarl.maml import MetaBatch, inner_loss_stats, loss_and_kl, mean_kl, outer_statistics, surrogate_loss
+from metarl.maml import MetaBatch, inner_loss_stats, loss_and_kl, mean_kl, outer_statistics, surrogate_losses
 from metarl.outer.base import meta_parameters
 
 
@@ -188,10 +188,16 @@ class AdaptationCurvature:
     ) -> tuple[Tensor, Tensor]:
         """The meta-objective at θ and its gradient ``Σ_i J_iᵀ ∇θ'L(θ'_i)`` as a flat vector (θ, then α
         when the step sizes are learned)."""
-        adapted = {name: p.detach().requires_grad_() for name, p in self.adapted.items()}
-        with torch.enable_grad():
-            loss = surrogate_loss(policy, adapted, outer)
-            grads = torch.autograd.grad(loss, list(adapted.values()))
+        # Over groups of tasks: each task's gradient is its own, only the memory of the graph changes.
+        num_tasks = outer.mask.shape[0]
+        losses, pieces = [], []
+        for rows in task_chunks(num_tasks, outer.mask[0].numel()):
+            adapted = {name: p[rows].detach().requires_grad_() for name, p in self.adapted.items()}
+            with torch.enable_grad():
+                task_losses = surrogate_losses(policy, adapted, task_rows(outer, rows))
+                pieces.append(torch.autograd.grad(task_losses.sum() / num_tasks, list(adapted.values())))
+            losses.append(task_losses.detach())
+        loss, grads = torch.cat(losses).mean(), [torch.cat(piece) for piece in zip(*pieces, strict=True)]
         check_finite("post-adaptation loss gradient", grads, tasks)
         theta_part = [g.sum(0) for g in self.jacobian_product(list(grads), transpose=True, exact=True)]
         alpha_part = self.transpose_alpha(list(grads), exact=True) if self.learned else []
