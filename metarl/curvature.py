@@ -97,7 +97,7 @@ class GaussianMLPCurvature:
         num_tasks = observations.shape[0]
         h = self._rows(observations.reshape(num_tasks, -1, observations.shape[-1]).detach())
         # Products run over groups of tasks of about `chunk_rows` steps: each task's numbers are its own,
-        # so only the memory of a product's intermediate values changes (a quarter at ML1's sizes).
+        # so only the memory of a product's intermediate values changes (a tenth at ML1's sizes).
         self.chunks = task_chunks(num_tasks, h.shape[1], chunk_rows)
         self.inputs, self.slopes = [], []
         for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):

@@ -140,10 +140,13 @@ def select_tasks(episodes: Episodes, rows: slice | Tensor) -> Episodes:
 
 def task_rows(episodes: Episodes, rows: slice) -> Episodes:
     """The episodes of the tasks `rows`, with every field they carry (advantages too)."""
-    values = {f.name: getattr(episodes, f.name) for f in dataclasses.fields(Episodes)}
-    sliced = {name: value if value is None or name == "metrics" else value[rows] for name, value in values.items()}
-    metrics = None if episodes.metrics is None else {k: v[rows] for k, v in episodes.metrics.items()}
-    return Episodes(**{**sliced, "metrics": metrics})
+
+    def part(value: Tensor | dict[str, Tensor] | None) -> Tensor | dict[str, Tensor] | None:
+        if isinstance(value, dict):  # the info metrics
+            return {key: v[rows] for key, v in value.items()}
+        return None if value is None else value[rows]
+
+    return Episodes(**{field.name: part(getattr(episodes, field.name)) for field in dataclasses.fields(Episodes)})
 
 
 def _join_metrics(batches: Sequence[Episodes], join: Callable[[list[Tensor]], Tensor]) -> dict[str, Tensor] | None:
