@@ -140,9 +140,9 @@ def _train(tmp_path, *settings: str) -> list[str]:
 
 
 def _poison_surrogate(monkeypatch, on_call: int) -> None:
-    """The post-adaptation advantages of the second task become NaN on one call of the surrogate."""
+    """The post-adaptation advantages of the second task become NaN on one call of the per-task surrogate."""
     maml, trpo = importlib.import_module("metarl.maml"), importlib.import_module("metarl.outer.trpo")
-    real = maml.surrogate_loss
+    real = maml.surrogate_losses
     calls = {"n": 0}
 
     def surrogate(policy, adapted, episodes, pi=None):
@@ -153,8 +153,8 @@ def _poison_surrogate(monkeypatch, on_call: int) -> None:
             episodes = dataclasses.replace(episodes, advantages=advantages)
         return real(policy, adapted, episodes, pi)
 
-    monkeypatch.setattr(maml, "surrogate_loss", surrogate)
-    monkeypatch.setattr(trpo, "surrogate_loss", surrogate)
+    monkeypatch.setattr(maml, "surrogate_losses", surrogate)
+    monkeypatch.setattr(trpo, "surrogate_losses", surrogate)
 
 
 def test_a_nan_meta_gradient_stops_the_run_naming_iteration_and_task(tmp_path, capsys, monkeypatch):
