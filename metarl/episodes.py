@@ -133,13 +133,8 @@ def first_episodes_within(episodes: Episodes, budget: int) -> Episodes:
 
 
 def select_tasks(episodes: Episodes, rows: slice | Tensor) -> Episodes:
-    """The episodes of some tasks (a slice or index of the task dimension); advantages are dropped."""
-    metrics = None if episodes.metrics is None else {k: v[rows] for k, v in episodes.metrics.items()}
-    return Episodes(**{f: getattr(episodes, f)[rows] for f in FIELDS}, metrics=metrics)
-
-
-def task_rows(episodes: Episodes, rows: slice) -> Episodes:
-    """The episodes of the tasks `rows`, with every field they carry (advantages too)."""
+    """The episodes of some tasks (a slice or index of the task dimension), with every field they
+    carry (advantages and info metrics too)."""
 
     def part(value: Tensor | dict[str, Tensor] | None) -> Tensor | dict[str, Tensor] | None:
         if isinstance(value, dict):  # the info metrics

@@ -707,16 +707,12 @@ class AllCopiesNoise:
         for _ in range(steps):
             torch.empty(tuple(shape)).normal_()
 
-    def _draw(self, steps: int, shape: Sequence[int]) -> None:
-        """Draw the steps before `steps` not drawn yet, remembering the generator's state before each."""
+    def ahead(self, steps: int, shape: Sequence[int]) -> np.ndarray:
+        """The noise of the first `steps` steps, ``[steps, B, E, action]``, drawing those not drawn
+        yet. Set `used` to the steps the parts took; `finish` rewinds the generator to there."""
         for t in range(len(self.steps), steps):
             self._states[t] = torch.get_rng_state()
             self.steps.append(torch.empty((self.total_tasks, *shape)).normal_().numpy())
-
-    def ahead(self, steps: int, shape: Sequence[int]) -> np.ndarray:
-        """The noise of the first `steps` steps, ``[steps, B, E, action]``, for parts that run whole
-        episodes on their own. Set `used` to the steps they took; `finish` rewinds the generator."""
-        self._draw(steps, shape)
         return np.stack(self.steps[:steps])
 
     def finish(self) -> None:

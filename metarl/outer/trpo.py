@@ -22,7 +22,7 @@ from torch.distributions import Distribution
 
 from metarl.config import OuterConfig
 from metarl.curvature import GaussianMLPCurvature, Product, autograd_hessian, supports_fast_curvature, task_chunks
-from metarl.episodes import Episodes, every_nth_step, task_rows
+from metarl.episodes import Episodes, every_nth_step, select_tasks
 from metarl.functional import Params, assign, detach, distribution, flat, parameters_of, per_task
 from metarl.inner import InnerLoop, StepSize, check_finite
 from metarl.maml import MetaBatch, inner_loss_stats, loss_and_kl, mean_kl, outer_statistics, surrogate_losses
@@ -194,7 +194,7 @@ class AdaptationCurvature:
         for rows in task_chunks(num_tasks, outer.mask[0].numel()):
             adapted = {name: p[rows].detach().requires_grad_() for name, p in self.adapted.items()}
             with torch.enable_grad():
-                task_losses = surrogate_losses(policy, adapted, task_rows(outer, rows))
+                task_losses = surrogate_losses(policy, adapted, select_tasks(outer, rows))
                 pieces.append(torch.autograd.grad(task_losses.sum() / num_tasks, list(adapted.values())))
             losses.append(task_losses.detach())
         loss, grads = torch.cat(losses).mean(), [torch.cat(piece) for piece in zip(*pieces, strict=True)]
