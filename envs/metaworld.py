@@ -19,6 +19,7 @@ Needs the extra: ``pip install -e ".[metaworld]"`` (``metaworld==3.1.1``).
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import dataclasses
@@ -26,10 +27,12 @@ import functools
 import math
 import pickle
 import sys
-from collections.abc import Mapping
+import weakref
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 
 from envs.base import coerce_task
@@ -106,23 +109,37 @@ def _malloc_trim() -> Any:
         return None
 
 
-# Rebuilds of a class's environment (~170 ms each) between two trims (~45 ms each).
-REBUILDS_PER_TRIM = 8
-_rebuilds_since_trim = 0
+# Models freed (a class's environment rebuilt, a task's shared model let go) between two trims (~45 ms each).
+FREED_MODELS_PER_TRIM = 8
+_freed_since_trim = 0
 
 
 def _release_freed_memory() -> None:
-    """Every `REBUILDS_PER_TRIM` rebuilds, hand the heap's free pages back to the OS. A copy whose
-    task changes class frees its old MuJoCo model, but glibc keeps the pages: 40 ML10 copies
+    """Every `FREED_MODELS_PER_TRIM` freed MuJoCo models, hand the heap's free pages back to the OS.
+    A copy whose task changes class frees its old model, but glibc keeps the pages: 40 ML10 copies
     switching classes round after round grew from 1.07 to 1.94 GiB of RSS in 8 rounds untrimmed;
     trimmed every 8 rebuilds they stayed at 1.2–1.4 GiB (1.02–1.07 trimmed after every rebuild, at
     ~25% more time per rebuild)."""
-    global _rebuilds_since_trim
-    _rebuilds_since_trim += 1
+    global _freed_since_trim
+    _freed_since_trim += 1
     trim = _malloc_trim()
-    if trim is not None and _rebuilds_since_trim >= REBUILDS_PER_TRIM:
+    if trim is not None and _freed_since_trim >= FREED_MODELS_PER_TRIM:
         trim(0)
-        _rebuilds_since_trim = 0
+        _freed_since_trim = 0
+
+
+# This process's MuJoCo models by task (or by class, for copies not yet reset with a task), shared by
+# the copies that run that task. A model lives while a copy uses it.
+_SHARED_MODELS: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
+
+
+def _share(key: Hashable, model: Any) -> Any:
+    """The process's model for `key`: `model` if it has none yet."""
+    shared = _SHARED_MODELS.get(key)
+    if shared is None:
+        shared = _SHARED_MODELS[key] = model
+        weakref.finalize(shared, _release_freed_memory).atexit = False
+    return shared
 
 
 class MetaWorldEnv(gym.Env):
@@ -179,11 +196,26 @@ class MetaWorldEnv(gym.Env):
         if self._sim is not None:
             self._sim.close()
             self._sim = None
-            _release_freed_memory()
         self._sim = _metaworld().env_dict.ALL_V3_ENVIRONMENTS[env_name]()
         # The episode length is gymnasium's TimeLimit (env.horizon), not Meta-World's own cap of 500.
         self._sim.max_path_length = sys.maxsize
         self._sim_class = env_name
+        self._use_model(_share(env_name, self._sim.model))
+
+    def _use_model(self, model: Any) -> None:
+        """Run on `model`, shared with this process's other copies of the class (before the first
+        reset) or of the task (from a reset on), with a data of its own. A model is ~20 MiB (meshes),
+        its data 0.17 MiB. Meta-World's reset writes the task's object and goal positions into the
+        model, the same for every copy of one task, so copies of different tasks cannot share one.
+        """
+        sim = self._sim
+        if sim.model is model:
+            return
+        sim.model, sim.data = model, mujoco.MjData(model)
+        mujoco.mj_forward(sim.model, sim.data)
+        sim.mujoco_renderer.model, sim.mujoco_renderer.data = sim.model, sim.data
+        # Meta-World keeps views of two bodies' positions into the data from its __init__.
+        sim.init_left_pad, sim.init_right_pad = sim.get_body_com("leftpad"), sim.get_body_com("rightpad")
 
     # ---- the task protocol --------------------------------------------------------------------
 
@@ -233,6 +265,8 @@ class MetaWorldEnv(gym.Env):
         task = self.task
         if seed is not None:  # Meta-World ignores reset(seed=...); it seeds through env.seed
             self._sim.seed(seed)
+        shared = _SHARED_MODELS.get(task)  # the task's model, or a copy that this reset makes the task's
+        self._use_model(shared if shared is not None else _share(task, copy.copy(self._sim.model)))
         observation, info = self._sim.reset()
         return observation, {**info, "task": task}
 

@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import weakref
 
 import metaworld
 import numpy as np
@@ -83,6 +84,39 @@ def test_a_pickled_env_is_rebuilt_from_its_task_and_behaves_the_same():
     np.testing.assert_array_equal(rollouts[0], rollouts[1])
 
 
+def test_copies_of_one_task_share_its_model_and_run_as_on_models_of_their_own(monkeypatch):
+    import envs.metaworld as module
+
+    def run(name):  # 4 copies of 2 tasks, then the tasks swapped among the copies
+        envs = [MetaWorldEnv("ML1", name, seed=0) for _ in range(4)]
+        train = envs[0].task_lists()["train"]
+        actions = np.random.default_rng(0).uniform(-1, 1, (2, 25, 4, 4))
+        observations, sims = [], []
+        for r, tasks in enumerate([(0, 0, 1, 1), (1, 1, 0, 0)]):
+            old = [env._sim.data for env in envs]
+            for env, task in zip(envs, tasks, strict=True):
+                env.task = train[task]
+            observations.append([env.reset(seed=i)[0] for i, env in enumerate(envs)])
+            for t in range(25):
+                observations.append([env.step(actions[r, t, i])[0] for i, env in enumerate(envs)])
+            sims.append([env._sim for env in envs])
+            for env, data in zip(envs, old, strict=True):  # no view into the data a copy left behind
+                views = [v for v in vars(env._sim).values() if isinstance(v, np.ndarray)]
+                assert not any(np.shares_memory(v, data.xpos) for v in views if data is not env._sim.data)
+        return np.array(observations), sims
+
+    for name in ("push-v3", "door-open-v3"):  # a goal site; a door body placed by the task
+        shared, sims = run(name)
+        assert sims[0][0].model is sims[0][1].model and sims[0][0].model is not sims[0][2].model
+        assert sims[0][0].data is not sims[0][1].data
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "_SHARED_MODELS", weakref.WeakValueDictionary())
+            patch.setattr(module, "_share", lambda key, model: model)  # every copy on a model of its own
+            private, sims = run(name)
+        assert sims[0][0].model is not sims[0][1].model
+        np.testing.assert_array_equal(shared, private)
+
+
 def test_success_comes_from_meta_world_s_infos_and_from_workers():
     env = MetaWorldEnv("ML1", "reach-v3", seed=0)
     tasks = env.task_lists()["train"][:3]
@@ -143,8 +177,8 @@ def test_switching_task_classes_hands_freed_memory_back_every_few_rebuilds(monke
 
     trims = []
     monkeypatch.setattr(module, "_malloc_trim", lambda: trims.append)
-    monkeypatch.setattr(module, "_rebuilds_since_trim", 0)
-    monkeypatch.setattr(module, "REBUILDS_PER_TRIM", 3)
+    monkeypatch.setattr(module, "_freed_since_trim", 0)
+    monkeypatch.setattr(module, "FREED_MODELS_PER_TRIM", 3)
     env = MetaWorldEnv("ML10", seed=0)
     tasks = env.task_lists()["train"]
     first, other = tasks[0], next(t for t in tasks if t.env_name != tasks[0].env_name)
