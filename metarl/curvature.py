@@ -93,24 +93,28 @@ class GaussianMLPCurvature:
         self.dtype, self.out_dtype = dtype or observations.dtype, observations.dtype
         self.weights = [w.to(self.dtype) for w in weights]
 
-        # Forward pass: the input of every layer, and φ'(z), φ''(z) of the hidden layers.
+        # Forward pass: the input of every layer (a hidden layer's φ'(z) follows from its output, `_slopes`).
         num_tasks = observations.shape[0]
         h = self._rows(observations.reshape(num_tasks, -1, observations.shape[-1]).detach())
         # Products run over groups of tasks of about `chunk_rows` steps: each task's numbers are its own,
         # so only the memory of a product's intermediate values changes (a tenth at ML1's sizes).
         self.chunks = task_chunks(num_tasks, h.shape[1], chunk_rows)
-        self.inputs, self.slopes = [], []
+        self.inputs = []
         for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
             self.inputs.append(h.to(self.dtype))
             z = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
             if i == self.num_layers - 1:
                 self.mean = z
-            elif self.activation == "tanh":
-                h = torch.tanh(z)
-                self.slopes.append((1 - h * h).to(self.dtype))
-            else:  # relu: piecewise linear, no second derivative
-                h = torch.relu(z)
-                self.slopes.append((z > 0).to(self.dtype))
+            else:
+                h = torch.tanh(z) if self.activation == "tanh" else torch.relu(z)
+
+    def _slopes(self, rows: slice) -> list[Tensor]:
+        """φ'(z) of every hidden layer for the tasks `rows`, from the layer's output (the next layer's
+        input): ``1 − tanh²``, or ReLU's step (piecewise linear, no second derivative). Recomputed by
+        every product rather than cached: an elementwise pass costs a few percent of a product's
+        matrix products, and the cache took as much memory as the hidden layers' inputs."""
+        hidden = [h[rows] for h in self.inputs[1:]]
+        return [1 - h * h if self.activation == "tanh" else (h > 0).to(self.dtype) for h in hidden]
 
     def _rows(self, x: Tensor) -> Tensor:
         """``[B, N, k]`` per-step values, zero-padded to a multiple of 64 steps in reduced precision.
@@ -137,9 +141,12 @@ class GaussianMLPCurvature:
         pieces = [chunk_product(rows, {name: v[rows] for name, v in low.items()}) for rows in self.chunks]
         return self._out({name: torch.cat([piece[name] for piece in pieces]) for name in self.names})
 
-    def _forward_tangent(self, rows: slice, vectors: dict[str, Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def _forward_tangent(
+        self, rows: slice, vectors: dict[str, Tensor], slopes: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
         """``R{z_l}`` of every layer's pre-activation (the last is R{μ}) and ``R{h_l}`` of every hidden
-        layer's output for the tasks `rows`: the directional derivatives along `vectors`."""
+        layer's output for the tasks `rows` (whose `slopes` these are): the directional derivatives
+        along `vectors`."""
         tangents, input_tangents, rh = [], [], None
         for i, (weight, h) in enumerate(zip(self.weights, self.inputs, strict=True)):
             dw, db = vectors[f"mean.layers.{i}.weight"], vectors[f"mean.layers.{i}.bias"]
@@ -148,7 +155,7 @@ class GaussianMLPCurvature:
                 rz.baddbmm_(rh, weight[rows].transpose(1, 2))
             tangents.append(rz)
             if i < self.num_layers - 1:
-                rh = self.slopes[i][rows] * rz
+                rh = slopes[i] * rz
                 input_tangents.append(rh)
         return tangents, input_tangents
 
@@ -173,11 +180,12 @@ class GaussianMLPCurvature:
         log_std_curvature = 2 * w.sum(1)  # ∂²KL/∂(log σ)² = 2
 
         def chunk_product(rows: slice, v: dict[str, Tensor]) -> dict[str, Tensor]:
-            tangents, _ = self._forward_tangent(rows, v)
+            slopes = self._slopes(rows)
+            tangents, _ = self._forward_tangent(rows, v, slopes)
             delta = scale[rows] * tangents[-1]
             deltas = [delta]
             for i in range(self.num_layers - 1, 0, -1):
-                delta = self.slopes[i - 1][rows] * torch.bmm(delta, self.weights[i][rows])
+                delta = slopes[i - 1] * torch.bmm(delta, self.weights[i][rows])
                 deltas.insert(0, delta)
             out = self._layer_gradients(rows, deltas, [None] * self.num_layers)
             out["log_std"] = log_std_curvature[rows] * v["log_std"] * self.active_log_std[rows]
@@ -195,32 +203,33 @@ class GaussianMLPCurvature:
         mean_curvature = c / self.var  # ∂²L/∂μ²; ∂²L/∂μ∂(log σ) = -2e
         log_std_curvature = 2 * (c * diff * diff / self.var).sum(1)  # ∂²L/∂(log σ)²
 
-        # Backward pass of ∂L/∂μ, kept per layer: δ_l = ∂L/∂z_l, and for tanh the second-derivative
-        # factor φ''(z_l) ⊙ (δ_{l+1} W_{l+1}) with φ'' = -2 tanh(z) φ' (ReLU has none).
-        deltas, bent_backs = [e.to(self.dtype)], []
+        # Backward pass of ∂L/∂μ, kept per hidden layer as ∂L/∂h_l = δ_{l+1} W_{l+1} ("back"): a
+        # product takes δ_l = φ'(z_l) ⊙ back_l and, for tanh, the second-derivative factor
+        # φ''(z_l) ⊙ back_l with φ'' = -2 tanh(z) φ' (ReLU has none) from it for its own tasks.
+        e_low = e.to(self.dtype)
+        backs, delta, slopes = [], e_low, self._slopes(slice(None))
         for i in range(self.num_layers - 1, 0, -1):
-            back = torch.bmm(deltas[0], self.weights[i])
-            if self.activation == "tanh":
-                bent_backs.insert(0, -2 * self.inputs[i] * self.slopes[i - 1] * back)
-            else:
-                bent_backs.insert(0, None)
-            deltas.insert(0, self.slopes[i - 1] * back)
+            backs.insert(0, torch.bmm(delta, self.weights[i]))
+            delta = slopes[i - 1] * backs[0]
+        del delta, slopes
         mean_curvature = mean_curvature.to(self.dtype)
 
         def chunk_product(rows: slice, v: dict[str, Tensor]) -> dict[str, Tensor]:
+            slopes = self._slopes(rows)
             v_log_std = (v["log_std"] * self.active_log_std[rows]).unsqueeze(1)
-            tangents, input_tangents = self._forward_tangent(rows, v)
+            tangents, input_tangents = self._forward_tangent(rows, v, slopes)
             r_delta = mean_curvature[rows] * tangents[-1] - (2 * e[rows] * v_log_std).to(self.dtype)
             r_deltas, extra = [r_delta], [None] * self.num_layers
             for i in range(self.num_layers - 1, 0, -1):
                 dw = v[f"mean.layers.{i}.weight"]
-                r_back = torch.bmm(r_delta, self.weights[i][rows]).baddbmm_(deltas[i][rows], dw)
-                r_delta = self.slopes[i - 1][rows] * r_back
-                if bent_backs[i - 1] is not None:
-                    r_delta = r_delta + bent_backs[i - 1][rows] * tangents[i - 1]
+                delta = e_low[rows] if i == self.num_layers - 1 else slopes[i] * backs[i][rows]  # δ_i
+                r_back = torch.bmm(r_delta, self.weights[i][rows]).baddbmm_(delta, dw)
+                r_delta = slopes[i - 1] * r_back
+                if self.activation == "tanh":
+                    r_delta = r_delta + -2 * self.inputs[i][rows] * slopes[i - 1] * backs[i - 1][rows] * tangents[i - 1]
                 r_deltas.insert(0, r_delta)
                 # δ_lᵀ R{h_{l-1}}: the layer input's own directional derivative.
-                extra[i] = torch.bmm(deltas[i][rows].transpose(1, 2), input_tangents[i - 1])
+                extra[i] = torch.bmm(delta.transpose(1, 2), input_tangents[i - 1])
             out = self._layer_gradients(rows, r_deltas, extra)
             tangent_term = (-2 * e[rows] * tangents[-1].to(e.dtype)).sum(1)
             out["log_std"] = (tangent_term + log_std_curvature[rows] * v_log_std.squeeze(1)) * self.active_log_std[rows]
