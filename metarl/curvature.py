@@ -99,14 +99,18 @@ class GaussianMLPCurvature:
         # Products run over groups of tasks of about `chunk_rows` steps: each task's numbers are its own,
         # so only the memory of a product's intermediate values changes (a tenth at ML1's sizes).
         self.chunks = task_chunks(num_tasks, h.shape[1], chunk_rows)
-        self.inputs = []
-        for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
-            self.inputs.append(h.to(self.dtype))
-            z = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
-            if i == self.num_layers - 1:
-                self.mean = z
-            else:
-                h = torch.tanh(z) if self.activation == "tanh" else torch.relu(z)
+        self.inputs = [h.to(self.dtype)]
+        self.inputs += [h.new_empty(*h.shape[:2], w.shape[1], dtype=self.dtype) for w in weights[:-1]]
+        self.mean = h.new_empty(*h.shape[:2], weights[-1].shape[1])
+        for rows in self.chunks:  # a group at a time: only the stored values are full size
+            x = h[rows]
+            for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+                z = torch.baddbmm(bias[rows].unsqueeze(1), x, weight[rows].transpose(1, 2))
+                if i == self.num_layers - 1:
+                    self.mean[rows] = z
+                else:
+                    x = torch.tanh(z) if self.activation == "tanh" else torch.relu(z)
+                    self.inputs[i + 1][rows] = x
 
     def _slopes(self, rows: slice) -> list[Tensor]:
         """φ'(z) of every hidden layer for the tasks `rows`, from the layer's output (the next layer's
@@ -207,11 +211,12 @@ class GaussianMLPCurvature:
         # product takes δ_l = φ'(z_l) ⊙ back_l and, for tanh, the second-derivative factor
         # φ''(z_l) ⊙ back_l with φ'' = -2 tanh(z) φ' (ReLU has none) from it for its own tasks.
         e_low = e.to(self.dtype)
-        backs, delta, slopes = [], e_low, self._slopes(slice(None))
-        for i in range(self.num_layers - 1, 0, -1):
-            backs.insert(0, torch.bmm(delta, self.weights[i]))
-            delta = slopes[i - 1] * backs[0]
-        del delta, slopes
+        backs = [torch.empty_like(h) for h in self.inputs[1:]]
+        for rows in self.chunks:  # a group at a time: its slopes and δ are only temporary
+            delta, slopes = e_low[rows], self._slopes(rows)
+            for i in range(self.num_layers - 1, 0, -1):
+                backs[i - 1][rows] = torch.bmm(delta, self.weights[i][rows])
+                delta = slopes[i - 1] * backs[i - 1][rows]
         mean_curvature = mean_curvature.to(self.dtype)
 
         def chunk_product(rows: slice, v: dict[str, Tensor]) -> dict[str, Tensor]:
