@@ -1,0 +1,81 @@
+"""What MAML-TRPO's curvature products keep between products at ML1 sizes (20 tasks x 5,000 steps, a
+(128, 128) tanh policy, float32, the training's threads), and the time of one inner-loss Hessian
+product and one Fisher product, for the metarl on the path. Run it alternately against two
+checkouts in fresh processes:
+
+    PYTHONPATH=/tmp/old python experiments/results/metaworld/cached_passes.py 5
+    PYTHONPATH=. python experiments/results/metaworld/cached_passes.py 5
+
+"cached" is every tensor the two products hold (the curvature objects' and their closures'), each
+counted once.
+"""
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from metarl.curvature import GaussianMLPCurvature
+from metarl.episodes import Episodes
+from metarl.functional import parameters_of, per_task
+from metarl.policies import GaussianMLPPolicy
+from metarl.threads import available_cpus
+
+
+def held_tensors(root: object, seen: set[int] | None = None) -> dict[int, int]:
+    """Bytes of every distinct tensor storage reachable from `root` through attributes, lists and
+    closures (keyed by storage address)."""
+    seen = set() if seen is None else seen
+    found: dict[int, int] = {}
+    if id(root) in seen:
+        return found
+    seen.add(id(root))
+    if isinstance(root, torch.Tensor):
+        storage = root.untyped_storage()
+        found[storage.data_ptr()] = storage.nbytes()
+    elif isinstance(root, list | tuple):
+        for item in root:
+            found |= held_tensors(item, seen)
+    elif isinstance(root, dict):
+        for item in root.values():
+            found |= held_tensors(item, seen)
+    elif callable(root) and getattr(root, "__closure__", None):
+        for cell in root.__closure__:
+            found |= held_tensors(cell.cell_contents, seen)
+    elif isinstance(root, GaussianMLPCurvature):
+        found |= held_tensors(vars(root), seen)
+    return found
+
+
+if __name__ == "__main__":
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    torch.set_num_threads(available_cpus())
+    torch.manual_seed(0)
+    tasks, steps = 20, 5000
+    policy = GaussianMLPPolicy(39, 4, (128, 128))
+    params = {k: v + 0.01 * torch.randn_like(v) for k, v in per_task(parameters_of(policy), tasks).items()}
+    shape = (tasks, 1, steps)
+    episodes = Episodes(
+        observations=torch.randn(*shape, 39),
+        actions=torch.randn(*shape, 4),
+        rewards=torch.randn(*shape),
+        log_probs=torch.zeros(*shape),
+        mask=torch.ones(*shape),
+        advantages=torch.randn(*shape),
+    )
+    vectors = [torch.randn_like(p) for p in params.values()]
+    start = time.perf_counter()
+    hessian = GaussianMLPCurvature(policy, params, episodes.observations).reinforce_hessian_product(episodes)
+    fisher = GaussianMLPCurvature(policy, params, episodes.observations).fisher_product(episodes.mask / steps)
+    built = time.perf_counter() - start
+    cached = sum(held_tensors([hessian, fisher]).values()) / 2**20
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fisher(hessian(vectors))
+        times.append(time.perf_counter() - start)
+    print(
+        f"cached {cached:,.0f} MiB, set-up {built:.2f} s, one Hessian + one Fisher product: median "
+        f"{np.median(times) * 1e3:,.0f} ms ({', '.join(f'{t * 1e3:,.0f}' for t in times)})"
+    )
