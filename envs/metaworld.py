@@ -9,10 +9,13 @@ into success rates (an episode succeeds if it succeeded at any step).
 
 The environment is a plain ``gymnasium.Env`` around one of Meta-World's own environment classes,
 built from the class and the task in every process (Meta-World's own pickle is ~42 MB and does not
-restore the arm's position faithfully). A task is its class name and Meta-World's ``rand_vec``
-(object start and goal), so it round-trips through JSON. As in Meta-World, the goal is hidden
-(``obs[36:39]`` is zero) but the object's start position is observed: the policy sees where the
-puck is, not where it must go (``metadata["observed_task"]`` tells ``metarl check-env``).
+restore the arm's position faithfully). The copies of one task in a process share one MuJoCo model
+(~20 MiB, mostly meshes), each with its own ``MjData``: Meta-World's reset writes only the task's
+object and goal positions into the model, the same for every copy of a task. A task is its class
+name and Meta-World's ``rand_vec`` (object start and goal), so it round-trips through JSON. As in
+Meta-World, the goal is hidden (``obs[36:39]`` is zero) but the object's start position is
+observed: the policy sees where the puck is, not where it must go (``metadata["observed_task"]``
+tells ``metarl check-env``).
 
 Needs the extra: ``pip install -e ".[metaworld]"`` (``metaworld==3.1.1``).
 """
@@ -159,7 +162,8 @@ class MetaWorldEnv(gym.Env):
 
     metadata = {
         "render_modes": [],
-        # ~21 MiB per copy: a meta-batch's episodes run in rounds on this many copies (env.max_copies).
+        # A meta-batch's episodes run in rounds on this many copies (env.max_copies). A process's copies
+        # of one task share its MuJoCo model (~20 MiB); each copy holds its own data (0.17 MiB).
         "max_copies": 40,
         "observed_task": {
             "components": _OBJECT_COMPONENTS,
