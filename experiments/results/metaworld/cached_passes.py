@@ -15,11 +15,9 @@ import time
 
 import numpy as np
 import torch
+from chunked_products import ml1_sized_inputs  # this script's folder
 
 from metarl.curvature import GaussianMLPCurvature
-from metarl.episodes import Episodes
-from metarl.functional import parameters_of, per_task
-from metarl.policies import GaussianMLPPolicy
 from metarl.threads import available_cpus
 
 
@@ -51,20 +49,8 @@ def held_tensors(root: object, seen: set[int] | None = None) -> dict[int, int]:
 if __name__ == "__main__":
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     torch.set_num_threads(available_cpus())
-    torch.manual_seed(0)
-    tasks, steps = 20, 5000
-    policy = GaussianMLPPolicy(39, 4, (128, 128))
-    params = {k: v + 0.01 * torch.randn_like(v) for k, v in per_task(parameters_of(policy), tasks).items()}
-    shape = (tasks, 1, steps)
-    episodes = Episodes(
-        observations=torch.randn(*shape, 39),
-        actions=torch.randn(*shape, 4),
-        rewards=torch.randn(*shape),
-        log_probs=torch.zeros(*shape),
-        mask=torch.ones(*shape),
-        advantages=torch.randn(*shape),
-    )
-    vectors = [torch.randn_like(p) for p in params.values()]
+    policy, params, episodes, vectors = ml1_sized_inputs()
+    steps = episodes.mask.shape[-1]
     start = time.perf_counter()
     hessian = GaussianMLPCurvature(policy, params, episodes.observations).reinforce_hessian_product(episodes)
     fisher = GaussianMLPCurvature(policy, params, episodes.observations).fisher_product(episodes.mask / steps)

@@ -17,11 +17,11 @@ from metarl.functional import parameters_of, per_task
 from metarl.policies import GaussianMLPPolicy
 from metarl.threads import available_cpus
 
-if __name__ == "__main__":
-    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    torch.set_num_threads(available_cpus())
+
+def ml1_sized_inputs(tasks: int = 20, steps: int = 5000) -> tuple[GaussianMLPPolicy, dict, Episodes, list]:
+    """A (128, 128) tanh policy with per-task parameters, random episodes of ML1's sizes packed as
+    one row per task, and random product vectors (seeded)."""
     torch.manual_seed(0)
-    tasks, steps = 20, 5000
     policy = GaussianMLPPolicy(39, 4, (128, 128))
     params = {k: v + 0.01 * torch.randn_like(v) for k, v in per_task(parameters_of(policy), tasks).items()}
     shape = (tasks, 1, steps)
@@ -33,8 +33,15 @@ if __name__ == "__main__":
         log_probs=torch.randn(shape),
         advantages=torch.randn(shape),
     )
+    return policy, params, episodes, [torch.randn_like(v) for v in params.values()]
+
+
+if __name__ == "__main__":
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    torch.set_num_threads(available_cpus())
+    tasks, steps = 20, 5000
+    policy, params, episodes, vectors = ml1_sized_inputs(tasks, steps)
     weights = episodes.mask / steps / tasks
-    vectors = [torch.randn_like(v) for v in params.values()]
     settings = {"all tasks at once": 10**9, "groups of 25,000 steps": 25_000, "groups of 10,000 steps (default)": None}
     times: dict[str, list[float]] = {name: [] for name in settings}
     for _ in range(repeats):
