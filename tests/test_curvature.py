@@ -108,6 +108,26 @@ def test_products_over_groups_of_tasks_are_those_over_all_tasks_bit_for_bit(dtyp
         assert all(torch.equal(a, b) for a, b in zip(one(vectors), other(vectors), strict=True))
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_products_recomputing_the_slopes_are_those_keeping_them_bit_for_bit(monkeypatch, activation, dtype):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, (7, 5), activation, init_std=0.8)
+    g = torch.Generator().manual_seed(7)
+    episodes = pack_steps(synthetic_episodes(g, tasks=5, obs_dim=3, dtype=torch.float32))
+    params = {k: v.float() for k, v in perturbed_params(policy, 5, g).items()}
+    weights = episodes.mask / episodes.mask.sum((-2, -1), keepdim=True) / 5
+    vectors = [torch.randn(p.shape, generator=g) for p in params.values()]
+    results = []
+    for keep in (10**12, 0):  # φ′, δ and the tanh factors kept; then recomputed in every product
+        monkeypatch.setattr(metarl.curvature, "KEEP_DERIVED_BYTES", keep)
+        curvature = GaussianMLPCurvature(policy, params, episodes.observations, dtype, chunk_rows=1)
+        assert (curvature.kept_slopes is not None) == bool(keep) and len(curvature.chunks) > 1
+        products = (curvature.fisher_product(weights), curvature.reinforce_hessian_product(episodes))
+        results.append([value for product in products for value in product(vectors)])
+    assert all(torch.equal(kept, recomputed) for kept, recomputed in zip(*results, strict=True))
+
+
 def test_the_meta_gradient_over_groups_of_tasks_is_the_one_over_all_tasks_bit_for_bit(monkeypatch):
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(2, 2, (6, 5), "tanh", init_std=0.7)

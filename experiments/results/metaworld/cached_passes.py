@@ -1,13 +1,15 @@
-"""What MAML-TRPO's curvature products keep between products at ML1 sizes (20 tasks x 5,000 steps, a
-(128, 128) tanh policy, float32, the training's threads), and the time of one inner-loss Hessian
-product and one Fisher product, for the metarl on the path. Run it alternately against two
-checkouts in fresh processes:
+"""What MAML-TRPO's curvature products keep between products, and the time of one inner-loss Hessian
+product and one Fisher product (tanh policy, float32, the training's threads), for the metarl on the
+path, at ML1's sizes (20 tasks x 5,000 steps, a (128, 128) policy) or 2D navigation's (20 tasks x
+2,000 steps, (100, 100)). Run it alternately against two checkouts in fresh processes:
 
-    PYTHONPATH=/tmp/old python experiments/results/metaworld/cached_passes.py 5
-    PYTHONPATH=. python experiments/results/metaworld/cached_passes.py 5
+    PYTHONPATH=/tmp/old python experiments/results/metaworld/cached_passes.py 5 ml1
+    PYTHONPATH=. python experiments/results/metaworld/cached_passes.py 5 ml1
+    PYTHONPATH=. python experiments/results/metaworld/cached_passes.py 5 navigation recompute
 
+``recompute`` sets `metarl.curvature.KEEP_DERIVED_BYTES` to 0 (the slopes recomputed at any size).
 "cached" is every tensor the two products hold (the curvature objects' and their closures'), each
-counted once.
+counted once. Freed memory is kept for reuse, as in training (`train.reuse_freed_memory`).
 """
 
 import sys
@@ -15,9 +17,11 @@ import time
 
 import numpy as np
 import torch
-from chunked_products import ml1_sized_inputs  # this script's folder
+from chunked_products import product_inputs  # this script's folder
 
+import metarl.curvature
 from metarl.curvature import GaussianMLPCurvature
+from metarl.memory import reuse_freed_memory
 from metarl.threads import available_cpus
 
 
@@ -49,7 +53,14 @@ def held_tensors(root: object, seen: set[int] | None = None) -> dict[int, int]:
 if __name__ == "__main__":
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     torch.set_num_threads(available_cpus())
-    policy, params, episodes, vectors = ml1_sized_inputs()
+    sizes = sys.argv[2] if len(sys.argv) > 2 else "ml1"
+    if "recompute" in sys.argv[3:]:
+        metarl.curvature.KEEP_DERIVED_BYTES = 0
+    reuse_freed_memory()
+    if sizes == "navigation":
+        policy, params, episodes, vectors = product_inputs(20, 2000, obs_dim=2, act_dim=2, hidden=(100, 100))
+    else:
+        policy, params, episodes, vectors = product_inputs()
     steps = episodes.mask.shape[-1]
     start = time.perf_counter()
     hessian = GaussianMLPCurvature(policy, params, episodes.observations).reinforce_hessian_product(episodes)
@@ -62,6 +73,6 @@ if __name__ == "__main__":
         fisher(hessian(vectors))
         times.append(time.perf_counter() - start)
     print(
-        f"cached {cached:,.0f} MiB, set-up {built:.2f} s, one Hessian + one Fisher product: median "
+        f"{sizes}: cached {cached:,.0f} MiB, set-up {built:.2f} s, one Hessian + one Fisher product: median "
         f"{np.median(times) * 1e3:,.0f} ms ({', '.join(f'{t * 1e3:,.0f}' for t in times)})"
     )

@@ -18,16 +18,18 @@ from metarl.policies import GaussianMLPPolicy
 from metarl.threads import available_cpus
 
 
-def ml1_sized_inputs(tasks: int = 20, steps: int = 5000) -> tuple[GaussianMLPPolicy, dict, Episodes, list]:
-    """A (128, 128) tanh policy with per-task parameters, random episodes of ML1's sizes packed as
-    one row per task, and random product vectors (seeded)."""
+def product_inputs(
+    tasks: int = 20, steps: int = 5000, obs_dim: int = 39, act_dim: int = 4, hidden: tuple[int, ...] = (128, 128)
+) -> tuple[GaussianMLPPolicy, dict, Episodes, list]:
+    """A tanh policy with per-task parameters, random episodes packed as one row per task, and
+    random product vectors (seeded); ML1's sizes by default."""
     torch.manual_seed(0)
-    policy = GaussianMLPPolicy(39, 4, (128, 128))
+    policy = GaussianMLPPolicy(obs_dim, act_dim, hidden)
     params = {k: v + 0.01 * torch.randn_like(v) for k, v in per_task(parameters_of(policy), tasks).items()}
     shape = (tasks, 1, steps)
     episodes = Episodes(
-        observations=torch.randn(*shape, 39),
-        actions=torch.randn(*shape, 4),
+        observations=torch.randn(*shape, obs_dim),
+        actions=torch.randn(*shape, act_dim),
         rewards=torch.randn(shape),
         mask=torch.ones(shape),
         log_probs=torch.randn(shape),
@@ -40,7 +42,7 @@ if __name__ == "__main__":
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     torch.set_num_threads(available_cpus())
     tasks, steps = 20, 5000
-    policy, params, episodes, vectors = ml1_sized_inputs(tasks, steps)
+    policy, params, episodes, vectors = product_inputs(tasks, steps)
     weights = episodes.mask / steps / tasks
     settings = {"all tasks at once": 10**9, "groups of 25,000 steps": 25_000, "groups of 10,000 steps (default)": None}
     times: dict[str, list[float]] = {name: [] for name in settings}
