@@ -36,9 +36,10 @@ ChunkProduct = Callable[[slice, dict[str, Tensor]], dict[str, Tensor]]
 # 0.39 s in groups of 10,000 steps, 0.48 s in groups of 25,000 and 0.70 s over all 100,000 at once.
 CHUNK_ROWS = 10_000
 # Up to this many bytes per cached pass, the products also keep what they can recompute from it
-# (φ′ of the hidden layers, the inner loss's second-derivative factor), which is faster where the
-# matrices are small (2D navigation: 0.12 against 0.15 s per product); above it they recompute it
-# for every group, which halves the cache (ML1: 610 → 317 MiB). The numbers are the same either way.
+# (φ′ of the hidden layers, the inner loss's δ and second-derivative factors), which is faster where
+# the matrices are small (2D navigation: 112–139 against 131–143 ms per Hessian and Fisher product);
+# above it they recompute it for every group, which halves the cache (ML1: 610 → 317 MiB;
+# experiments/results/metaworld/cached_passes.txt). The numbers are the same either way.
 KEEP_DERIVED_BYTES = 64 * 2**20
 
 
@@ -231,7 +232,8 @@ class GaussianMLPCurvature:
         mean_curvature = mean_curvature.to(self.dtype)
 
         def delta_and_bent(i: int, rows: slice, slopes: list[Tensor]) -> tuple[Tensor, Tensor | None]:
-            """δ_i of layer i < L-1 and the factor of R{z_{i-1}} in R{δ_{i-1}} (tanh only), for `rows`."""
+            """δ_i of layer i ≥ 1 (∂L/∂μ for the last) and the factor of R{z_{i-1}} in R{δ_{i-1}} (tanh
+            only), for the tasks `rows`."""
             back = backs[i - 1][rows]
             delta = e_low[rows] if i == self.num_layers - 1 else slopes[i] * backs[i][rows]
             bent = -2 * self.inputs[i][rows] * slopes[i - 1] * back if self.activation == "tanh" else None
