@@ -31,7 +31,7 @@ import math
 import pickle
 import sys
 import weakref
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -136,11 +136,11 @@ def _release_freed_memory() -> None:
 _SHARED_MODELS: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
 
 
-def _share(key: Hashable, model: Any) -> Any:
-    """The process's model for `key`: `model` if it has none yet."""
+def _share(key: Hashable, make: Callable[[], Any]) -> Any:
+    """The process's model for `key`, made by `make` if it has none yet."""
     shared = _SHARED_MODELS.get(key)
     if shared is None:
-        shared = _SHARED_MODELS[key] = model
+        shared = _SHARED_MODELS[key] = make()
         weakref.finalize(shared, _release_freed_memory).atexit = False
     return shared
 
@@ -204,7 +204,7 @@ class MetaWorldEnv(gym.Env):
         # The episode length is gymnasium's TimeLimit (env.horizon), not Meta-World's own cap of 500.
         self._sim.max_path_length = sys.maxsize
         self._sim_class = env_name
-        self._use_model(_share(env_name, self._sim.model))
+        self._use_model(_share(env_name, lambda: self._sim.model))
 
     def _use_model(self, model: Any) -> None:
         """Run on `model`, shared with this process's other copies of the class (before the first
@@ -269,8 +269,8 @@ class MetaWorldEnv(gym.Env):
         task = self.task
         if seed is not None:  # Meta-World ignores reset(seed=...); it seeds through env.seed
             self._sim.seed(seed)
-        shared = _SHARED_MODELS.get(task)  # the task's model, or a copy that this reset makes the task's
-        self._use_model(shared if shared is not None else _share(task, copy.copy(self._sim.model)))
+        # The task's model; the first copy to reset with a task makes a copy of its own model the task's.
+        self._use_model(_share(task, lambda: copy.copy(self._sim.model)))
         observation, info = self._sim.reset()
         return observation, {**info, "task": task}
 

@@ -123,10 +123,9 @@ class GaussianMLPCurvature:
 
     def _slopes(self, rows: slice) -> list[Tensor]:
         """φ'(z) of every hidden layer for the tasks `rows`, from the layer's output (the next layer's
-        input): ``1 − tanh²``, or ReLU's step (piecewise linear, no second derivative). Recomputed by
-        every product rather than cached: an elementwise pass costs a few percent of a product's
-        matrix products, and the cache took as much memory as the hidden layers' inputs (kept when
-        small, `KEEP_DERIVED_BYTES`)."""
+        input): ``1 − tanh²``, or ReLU's step (piecewise linear, no second derivative). Kept when the
+        cached pass is small (`KEEP_DERIVED_BYTES`), else recomputed for every product: they would
+        take as much memory as the hidden layers' inputs."""
         if self.kept_slopes is not None:
             return [slope[rows] for slope in self.kept_slopes]
         hidden = [h[rows] for h in self.inputs[1:]]

@@ -111,7 +111,7 @@ def test_copies_of_one_task_share_its_model_and_run_as_on_models_of_their_own(mo
         assert sims[0][0].data is not sims[0][1].data
         with monkeypatch.context() as patch:
             patch.setattr(module, "_SHARED_MODELS", weakref.WeakValueDictionary())
-            patch.setattr(module, "_share", lambda key, model: model)  # every copy on a model of its own
+            patch.setattr(module, "_share", lambda key, make: make())  # every copy on a model of its own
             private, sims = run(name)
         assert sims[0][0].model is not sims[0][1].model
         np.testing.assert_array_equal(shared, private)

@@ -31,7 +31,7 @@ def rss_mib() -> float:
 
 def private_models() -> None:
     """Every copy on a model of its own, as before models were shared."""
-    metaworld_env._share = lambda key, model: model
+    metaworld_env._share = lambda key, make: make()
 
 
 # Which training task each of 4 copies runs, round by round: two tasks, swapped among the copies,
