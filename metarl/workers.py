@@ -38,6 +38,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 from gymnasium.vector.utils import batch_space
+from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
 from metarl.errors import WorkerError
 from metarl.info_metrics import step_values
@@ -517,10 +518,47 @@ class KeyedSyncVectorEnv(SyncVectorEnv):
         whose caller copies them into shared buffers at once passes False."""
         super().__init__(list(env_fns), copy=copy, autoreset_mode=AutoresetMode.NEXT_STEP)
         self.info_keys = frozenset(info_keys)
+        self._finish_steps = _steps_finished_together(self.envs)
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        observations, rewards, terminated, truncated, infos = super().step(actions)
+        if self._finish_steps is not None:
+            self._finish_steps([env.unwrapped for env in self.envs], observations)
+        return observations, rewards, terminated, truncated, infos
 
     def _add_info(self, vector_infos: dict[str, Any], env_info: dict[str, Any], env_num: int) -> dict[str, Any]:
         kept = {key: value for key, value in env_info.items() if key in self.info_keys}
         return super()._add_info(vector_infos, kept, env_num)
+
+
+# The wrappers ``gymnasium.make`` puts around an environment: they hand its observations on unchanged.
+_PASSING_WRAPPERS = (TimeLimit, OrderEnforcing, PassiveEnvChecker)
+
+
+def _steps_finished_together(envs: Sequence[gym.Env]) -> Callable[[list[Any], np.ndarray], None] | None:
+    """The copies' ``finish_steps``, for copies of one environment class that has one and whose
+    wrappers pass observations through; it is then told to leave work to it (``finish_steps_later``).
+
+    The protocol: a class may define ``finish_steps(envs, observations)`` (a classmethod). With
+    ``finish_steps_later`` set on its copies, a copy's ``step`` may leave part of its observation
+    to that call, which gets the copies' unwrapped environments and the vector env's observations
+    (a writable row per copy) after every step of all copies, and completes both at once. Rewards,
+    terminations and infos must be final after ``step``. Meta-World's families leave the objects'
+    quaternions to it: one scipy call for all copies instead of one per copy.
+    """
+    classes = {type(env.unwrapped) for env in envs}
+    finish = getattr(next(iter(classes)), "finish_steps", None) if len(classes) == 1 else None
+    if finish is None:
+        return None
+    for env in envs:
+        wrapper = env
+        while wrapper is not env.unwrapped:
+            if not isinstance(wrapper, _PASSING_WRAPPERS):
+                return None
+            wrapper = wrapper.env
+    for env in envs:
+        env.unwrapped.finish_steps_later = True
+    return finish
 
 
 def _serve(env_fns: list[Callable[[], gym.Env]], start: int, conn: Connection, info_keys: Sequence[str] = ()) -> None:

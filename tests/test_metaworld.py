@@ -13,10 +13,12 @@ from envs.metaworld import ManipulationTask, MetaWorldEnv
 from metarl.check import check_task_distribution
 from metarl.config import load_config
 from metarl.functional import parameters_of
+from metarl.make import env_factory
 from metarl.policies import GaussianMLPPolicy
 from metarl.sampler import Sampler
 from metarl.tasks import TaskSplits, task_key
 from metarl.training import resume, train
+from metarl.workers import KeyedSyncVectorEnv
 
 ML1 = "MetaRL/ML1-v0"
 REACH = {"env_name": "reach-v3"}
@@ -115,6 +117,41 @@ def test_copies_of_one_task_share_its_model_and_run_as_on_models_of_their_own(mo
             private, sims = run(name)
         assert sims[0][0].model is not sims[0][1].model
         np.testing.assert_array_equal(shared, private)
+
+
+def test_copies_stepped_together_compute_their_quaternions_at_once_and_step_as_alone(monkeypatch):
+    import envs.metaworld as module
+
+    shapes = []  # of the matrices metarl hands scipy
+    from_matrix = module.Rotation.from_matrix
+    monkeypatch.setattr(module.Rotation, "from_matrix", lambda m: shapes.append(np.shape(m)) or from_matrix(m))
+
+    def run(name, together):  # 3 copies of 2 tasks, 20 steps of random actions
+        factory = env_factory(ML1, {"env_name": name}, 20)
+        vector = KeyedSyncVectorEnv([factory] * 3, ["success"]) if together else None
+        copies = vector.envs if together else [factory() for _ in range(3)]
+        train = copies[0].unwrapped.task_lists()["train"]
+        for i, env in enumerate(copies):
+            env.unwrapped.task = train[i // 2]
+        actions = np.random.default_rng(0).uniform(-1, 1, (20, 3, 4))
+        if together:
+            steps = [vector.reset(seed=0)[0], *(vector.step(a)[:2] for a in actions)]
+        else:
+            steps = [np.array([env.reset(seed=i)[0] for i, env in enumerate(copies)])]
+            for a in actions:
+                results = [env.step(action)[:2] for env, action in zip(copies, a, strict=True)]
+                steps.append(tuple(np.array(values) for values in zip(*results, strict=True)))
+        return [np.asarray(x) for step in steps for x in (step if isinstance(step, tuple) else (step,))]
+
+    for name in ("push-v3", "stick-pull-v3"):  # a quaternion from scipy; from scipy and a constant one
+        alone = run(name, together=False)
+        assert set(shapes) == {(3, 3)}  # a call per copy and step (Meta-World's own)
+        shapes.clear()
+        together = run(name, together=True)
+        assert shapes.count((3, 3, 3)) == 20  # one call per step of the 3 copies (resets compute their own)
+        shapes.clear()
+        for a, b in zip(alone, together, strict=True):
+            np.testing.assert_array_equal(a, b)  # observations (the previous frame too) and rewards
 
 
 def test_success_comes_from_meta_world_s_infos_and_from_workers():

@@ -367,3 +367,48 @@ def test_a_slice_gathers_only_the_info_keys_sent_back():
     finally:
         full.close()
         keyed.close()
+
+
+class CountingEnv(gym.Env):
+    """Observes its step count, left to `finish_steps` when its vector env finishes steps together."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (1,), np.float64)
+    action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    finish_calls = 0
+
+    def __init__(self) -> None:
+        self.finish_steps_later, self._t = False, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return np.zeros(1), {}
+
+    def step(self, action):
+        self._t += 1
+        return np.array([-1.0 if self.finish_steps_later else self._t]), 1.0, False, self._t == 3, {}
+
+    @classmethod
+    def finish_steps(cls, envs, observations):
+        cls.finish_calls += 1
+        observations[:, 0] = [env._t for env in envs]
+
+
+def test_copies_may_finish_their_steps_together_unless_a_wrapper_changes_observations():
+    def stepped(make):
+        envs = KeyedSyncVectorEnv([make] * 2, [])
+        envs.reset(seed=0)
+        return envs, [envs.step(np.zeros((2, 1), np.float32))[0][:, 0].tolist() for _ in range(4)]
+
+    def made():  # the wrappers gymnasium.make adds
+        return gym.wrappers.PassiveEnvChecker(gym.wrappers.TimeLimit(CountingEnv(), 10))
+
+    def doubled():
+        return gym.wrappers.TransformObservation(CountingEnv(), lambda obs: 2 * obs, CountingEnv.observation_space)
+
+    envs, observations = stepped(made)
+    assert observations == [[1, 1], [2, 2], [3, 3], [0, 0]]  # finished together; the fourth step is the autoreset
+    assert CountingEnv.finish_calls == 4 and all(env.unwrapped.finish_steps_later for env in envs.envs)
+    envs, observations = stepped(doubled)
+    assert observations == [[2, 2], [4, 4], [6, 6], [0, 0]]  # stepped alone: the wrapper saw whole observations
+    assert CountingEnv.finish_calls == 4 and not any(env.unwrapped.finish_steps_later for env in envs.envs)
