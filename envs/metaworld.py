@@ -11,7 +11,9 @@ The environment is a plain ``gymnasium.Env`` around one of Meta-World's own envi
 built from the class and the task in every process (Meta-World's own pickle is ~42 MB and does not
 restore the arm's position faithfully). The copies of one task in a process share one MuJoCo model
 (~20 MiB, mostly meshes), each with its own ``MjData``: Meta-World's reset writes only the task's
-object and goal positions into the model, the same for every copy of a task. A task is its class
+object and goal positions into the model, the same for every copy of a task. Copies that metarl steps
+in turn in one process leave their objects' quaternions to `MetaWorldEnv.finish_steps`, which
+computes them for all copies with one scipy call (the same values). A task is its class
 name and Meta-World's ``rand_vec`` (object start and goal), so it round-trips through JSON. As in
 Meta-World, the goal is hidden (``obs[36:39]`` is zero) but the object's start position is
 observed: the policy sees where the puck is, not where it must go (``metadata["observed_task"]``
