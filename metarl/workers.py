@@ -519,11 +519,12 @@ class KeyedSyncVectorEnv(SyncVectorEnv):
         super().__init__(list(env_fns), copy=copy, autoreset_mode=AutoresetMode.NEXT_STEP)
         self.info_keys = frozenset(info_keys)
         self._finish_steps = _steps_finished_together(self.envs)
+        self._unwrapped = [env.unwrapped for env in self.envs]
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         observations, rewards, terminated, truncated, infos = super().step(actions)
         if self._finish_steps is not None:
-            self._finish_steps([env.unwrapped for env in self.envs], observations)
+            self._finish_steps(self._unwrapped, observations)
         return observations, rewards, terminated, truncated, infos
 
     def _add_info(self, vector_infos: dict[str, Any], env_info: dict[str, Any], env_num: int) -> dict[str, Any]:
